@@ -1,0 +1,81 @@
+"""Google's Firestore emulator, started as one JVM bound to loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
+
+JAR_IN_SDK = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
+MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
+
+
+def find_jar() -> Path:
+    """The emulator jar of the installed Google Cloud SDK (package google-cloud-cli-firestore-emulator)."""
+    roots: list[Path] = []
+    if os.environ.get("FIRESTORE_EMULATOR_JAR"):
+        return Path(os.environ["FIRESTORE_EMULATOR_JAR"])
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        try:
+            out = subprocess.run(
+                [gcloud, "info", "--format=value(installation.sdk_root)"],
+                capture_output=True, text=True, timeout=60, check=False,
+            ).stdout.strip()
+            if out:
+                roots.append(Path(out))
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    roots += [Path("/usr/lib/google-cloud-sdk"), Path("/usr/share/google-cloud-sdk")]
+    for root in roots:
+        if (root / JAR_IN_SDK).is_file():
+            return root / JAR_IN_SDK
+    raise FileNotFoundError(
+        "Firestore emulator jar not found: install the Debian package google-cloud-cli-firestore-emulator"
+    )
+
+
+class FirestoreEmulator:
+    def __init__(self, log_path: Path, *, port: int | None = None, rules: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.host = f"{LOOPBACK}:{self.port}"
+        self._log_path = log_path
+        self._rules = rules
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def start(self, timeout: float = 60.0) -> FirestoreEmulator:
+        cmd = [
+            shutil.which("java") or "java", "-Duser.language=en", "-cp", str(find_jar()), MAIN_CLASS,
+            "start", f"--host={LOOPBACK}", f"--port={self.port}",
+        ]
+        if self._rules is not None:
+            cmd.append(f"--rules={self._rules}")
+        self._proc = start(cmd, env=dict(os.environ), log_path=self._log_path)
+        wait_until(
+            answers(self.url + "/", lambda r: r.status_code == 200 and r.text.strip() == "Ok"),
+            timeout, "Firestore emulator", self._proc,
+        )
+        return self
+
+    def reset(self, project: str) -> None:
+        httpx.delete(
+            f"{self.url}/emulator/v1/projects/{project}/databases/(default)/documents", timeout=10
+        ).raise_for_status()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop(self._proc)
+            self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None

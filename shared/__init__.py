@@ -1,0 +1,1 @@
+"""The sketch machine's shared library: configuration, models, Novita client, store and pipeline."""

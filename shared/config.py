@@ -1,0 +1,126 @@
+"""Configuration, read once from the environment and validated before the first request."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cache
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from shared.media import MediaPolicy
+
+TestModeStatus = Literal["TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"]
+AuthMode = Literal["none", "firebase"]
+
+FIREBASE_CERTS_URL = (
+    "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
+)
+
+
+class ConfigError(Exception):
+    """A required variable is missing or a variable is malformed; the message names it."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    novita_api_key: SecretStr
+    novita_base_url: str
+    webhook_url: str
+    webhook_secret: SecretStr
+    project: str
+    sketches_collection: str
+    media_url_policy: MediaPolicy
+    t2i_model: str
+    webhook_test_mode: TestModeStatus | None
+    # Seconds a delivery may hold the image-to-video chain before another may take it up.
+    chain_lease_seconds: float
+    # Seconds between two task-result checks of one pending sketch (GET and the sweep).
+    recovery_interval_seconds: float
+    # Seconds to wait for the webhook of a submission whose outcome is unknown before re-sending it.
+    unknown_outcome_grace_seconds: float
+    auth_mode: AuthMode
+    firebase_project: str
+    firebase_certs_url: str
+    cors_allowed_origins: tuple[str, ...]
+    max_sketches_in_progress: int
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required but not set")
+    return value
+
+
+def _url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str | None, allowed: tuple[str, ...]) -> str | None:
+    value = env.get(name, "").strip() or default
+    if value is not None and value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    """Build settings from a mapping of environment variables, naming the first bad one."""
+    auth_mode = _choice(env, "AUTH_MODE", "none", ("none", "firebase"))
+    origins_raw = env.get("CORS_ALLOWED_ORIGINS", "").strip()
+    if origins_raw:
+        origins = tuple(o.strip() for o in origins_raw.split(",") if o.strip())
+    elif auth_mode == "none":
+        origins = ("*",)
+    else:
+        origins = ()
+    project = _required(env, "GOOGLE_CLOUD_PROJECT")
+    return Settings(
+        novita_api_key=SecretStr(_required(env, "NOVITA_API_KEY")),
+        novita_base_url=_url(
+            "NOVITA_BASE_URL", env.get("NOVITA_BASE_URL", "").strip() or "https://api.novita.ai"
+        ).rstrip("/"),
+        webhook_url=_url("WEBHOOK_URL", _required(env, "WEBHOOK_URL")),
+        webhook_secret=SecretStr(_required(env, "WEBHOOK_SECRET")),
+        project=project,
+        sketches_collection=env.get("SKETCHES_COLLECTION", "").strip() or "sketches",
+        media_url_policy=_choice(env, "MEDIA_URL_POLICY", "public-https", ("public-https", "any")),
+        t2i_model=env.get("NOVITA_T2I_MODEL", "").strip() or "seedream_3_0",
+        webhook_test_mode=_choice(
+            env, "NOVITA_WEBHOOK_TEST_MODE", None, ("TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED")
+        ),
+        chain_lease_seconds=_number(env, "CHAIN_LEASE_SECONDS", 120.0, 1.0),
+        recovery_interval_seconds=_number(env, "RECOVERY_INTERVAL_SECONDS", 60.0, 0.0),
+        unknown_outcome_grace_seconds=_number(env, "UNKNOWN_OUTCOME_GRACE_SECONDS", 900.0, 0.0),
+        auth_mode=auth_mode,
+        firebase_project=env.get("FIREBASE_PROJECT_ID", "").strip() or project,
+        firebase_certs_url=_url(
+            "FIREBASE_CERTS_URL", env.get("FIREBASE_CERTS_URL", "").strip() or FIREBASE_CERTS_URL
+        ),
+        cors_allowed_origins=origins,
+        max_sketches_in_progress=int(_number(env, "MAX_SKETCHES_IN_PROGRESS", 3, 1)),
+    )
+
+
+@cache
+def get_settings() -> Settings:
+    return settings_from(os.environ)

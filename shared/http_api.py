@@ -1,0 +1,66 @@
+"""HTTP plumbing both functions share: JSON answers, the error shape, CORS, bounded bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import flask
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> flask.Response:
+    return flask.Response(
+        json.dumps(body, ensure_ascii=False), status=status, headers={**JSON_HEADERS, **(headers or {})}
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
+) -> flask.Response:
+    return json_response(status, {"error": {"code": code, "message": message, **details}}, headers)
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    """The request body, refusing one over `limit` bytes without reading past it."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise BodyTooLarge
+    return data
+
+
+def cors_headers(request: flask.Request, allowed_origins: tuple[str, ...], methods: str) -> dict[str, str]:
+    """CORS headers for this request's Origin, or none when the origin is not allowed."""
+    origin = request.headers.get("Origin")
+    if not origin:
+        return {}
+    if "*" in allowed_origins:
+        allow = "*"
+    elif origin in allowed_origins:
+        allow = origin
+    else:
+        return {}
+    return {
+        "Access-Control-Allow-Origin": allow,
+        "Access-Control-Allow-Methods": methods,
+        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Max-Age": "3600",
+        "Vary": "Origin",
+    }
+
+
+def preflight(request: flask.Request, allowed_origins: tuple[str, ...], methods: str) -> flask.Response:
+    return flask.Response(status=204, headers=cors_headers(request, allowed_origins, methods))
+
+
+def method_not_allowed(allowed: str, headers: dict[str, str] | None = None) -> flask.Response:
+    return error_response(
+        405, "method_not_allowed", f"use {allowed}", headers={"Allow": allowed, **(headers or {})}
+    )

@@ -1,0 +1,521 @@
+"""The sketch pipeline: start a sketch, apply Novita's task results, chain the still into Kling,
+and recover sketches whose webhooks never came.
+
+Every state change is decided here, by a pure function of the sketch as it is in Firestore, and
+written through `SketchStore.mutate`, so that the same result applied by any number of concurrent
+deliveries, polls or sweeps changes the sketch once.
+
+The image-to-video chain (download the still, send it to Kling) is claimed by a lease written with
+the move to `image_complete`. A duplicate delivery that finds a live lease answers at once and
+sends nothing. Only when the lease has expired, because the process holding it died, may a later
+delivery, poll or sweep take the chain up again; that is the one way a sketch can ever cause a
+second Kling request.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import httpx
+
+from shared.config import Settings
+from shared.media import (
+    MediaExpired,
+    MediaRejected,
+    MediaUnavailable,
+    Resolver,
+    Still,
+    default_resolver,
+    fetch_media,
+    inspect_still,
+)
+from shared.novita_client import (
+    NovitaClient,
+    NovitaError,
+    NovitaOutcomeUnknown,
+    NovitaRejected,
+    NovitaUnavailable,
+)
+from shared.novita_models import TaskResult, expires_at
+from shared.sketch import CreateSketchRequest, Sketch, Status, utcnow
+from shared.sketch_store import Changes, Decide, SketchStore, StoreUnavailable
+from shared.webhook_tokens import Stage, webhook_url
+
+log = logging.getLogger(__name__)
+
+IMAGE_FAILED_DEFAULT = "Novita could not make the image (text-to-image task failed)"
+VIDEO_FAILED_DEFAULT = "Novita could not make the video (image-to-video task failed)"
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # the result changed the sketch
+    DUPLICATE = "duplicate"  # this result was applied before
+    IGNORED = "ignored"  # not the sketch's task, not finished, or no such sketch
+    IN_PROGRESS = "in_progress"  # another delivery holds the chain, or a submission awaits its outcome
+
+
+class RetryLater(Exception):
+    """A fault that may pass: the caller should answer 5xx so that the work is tried again."""
+
+
+class StartFailed(Exception):
+    """Novita refused or could not be reached to start the sketch's image; the sketch is failed."""
+
+    def __init__(self, sketch: Sketch, cause: NovitaError) -> None:
+        super().__init__(cause.describe())
+        self.sketch = sketch
+        self.cause = cause
+
+
+class MalformedResult(Exception):
+    """A finished task result without the output it should carry."""
+
+
+@dataclass
+class SweepReport:
+    examined: int = 0
+    changed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _fail(message: str) -> Changes:
+    return {
+        "status": Status.FAILED,
+        "error_message": message[:2000],
+        "chain_lease_owner": None,
+        "chain_lease_until": None,
+        "submission_unknown": None,
+        "submission_unknown_since": None,
+        "recovery_due_at": None,
+    }
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SketchStore,
+        novita: NovitaClient,
+        media_http: httpx.Client,
+        *,
+        resolve: Resolver = default_resolver,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._novita = novita
+        self._media_http = media_http
+        self._resolve = resolve
+
+    # ----------------------------------------------------------------------------------- create
+
+    def create(self, request: CreateSketchRequest, user_id: str | None = None) -> Sketch:
+        """Record the sketch, then start its text-to-image task.
+
+        The sketch is written first, so no paid task can point at a sketch that does not exist.
+        Raises StartFailed, with the failed sketch, when Novita refuses or cannot be reached.
+        """
+        now = utcnow()
+        sketch = Sketch.new(uuid.uuid4().hex, request, now, user_id)
+        # Until Novita answers, the submission's outcome is unknown; recovery resolves it if the
+        # process dies before the answer is recorded.
+        sketch = sketch.model_copy(
+            update={
+                "submission_unknown": "image",
+                "submission_unknown_since": now,
+                "recovery_due_at": self._recovery_due(now),
+            }
+        )
+        self._store.create(sketch)
+        log.info("sketch created", extra={"sketch_id": sketch.id, "status": sketch.status.value})
+        return self._submit_image(sketch)
+
+    def _submit_image(self, sketch: Sketch, *, fail_when_unavailable: bool = True) -> Sketch:
+        try:
+            task_id = self._novita.start_text_to_image(
+                prompt=sketch.prompt,
+                negative_prompt=sketch.negative_prompt,
+                width=sketch.width,
+                height=sketch.height,
+                seed=sketch.seed,
+                webhook_url=self._webhook_url(sketch.id, "image"),
+            )
+        except (NovitaRejected, NovitaUnavailable) as exc:
+            if isinstance(exc, NovitaUnavailable) and not fail_when_unavailable:
+                raise RetryLater(f"text-to-image could not be started: {exc.describe()}") from exc
+            raise StartFailed(self._fail_unanswered(sketch.id, exc) or sketch, exc) from exc
+        except NovitaOutcomeUnknown as exc:
+            log.warning("text-to-image outcome unknown: %s", exc.describe(), extra={"sketch_id": sketch.id})
+            return self._store.get(sketch.id) or sketch
+
+        def record(s: Sketch) -> Changes | None:
+            if s.image_task_id is not None or s.status is not Status.IMAGE_PENDING:
+                return None  # an early webhook adopted the task id already
+            return {"image_task_id": task_id, "submission_unknown": None, "submission_unknown_since": None}
+
+        updated, _ = self._change(sketch.id, record)
+        log.info("text-to-image task started", extra={"sketch_id": sketch.id, "task_id": task_id})
+        return updated or sketch
+
+    def _fail_unanswered(self, sketch_id: str, exc: NovitaError) -> Sketch | None:
+        reason = exc.describe()
+
+        def fail(s: Sketch) -> Changes | None:
+            unanswered = s.status is Status.IMAGE_PENDING and s.image_task_id is None
+            return _fail(reason) if unanswered else None
+
+        return self._change(sketch_id, fail)[0]
+
+    # ------------------------------------------------------------------------------------ apply
+
+    def apply(self, sketch_id: str, result: TaskResult, stage_hint: Stage | None) -> Outcome:
+        """Apply a task result to the sketch it was registered for (webhook and recovery alike)."""
+        task_id = result.task.task_id
+        extra = {"sketch_id": sketch_id, "task_id": task_id, "task_status": result.task.status}
+        if not result.is_final:
+            log.info("task not finished; nothing to apply", extra=extra)
+            return Outcome.IGNORED
+        sketch = self._store.get(sketch_id)
+        if sketch is None:
+            log.warning("result for an unknown sketch ignored", extra=extra)
+            return Outcome.IGNORED
+        stage = _stage_of(sketch, task_id, stage_hint)
+        if stage is None:
+            log.info("result for a task that is not the sketch's ignored", extra=extra)
+            return Outcome.IGNORED
+        if stage == "image":
+            return self._apply_image(sketch_id, result)
+        return self._apply_video(sketch_id, result)
+
+    def _apply_image(self, sketch_id: str, result: TaskResult) -> Outcome:
+        task_id = result.task.task_id
+        if result.failed:
+            reason = result.task.reason or IMAGE_FAILED_DEFAULT
+
+            def fail(s: Sketch) -> Changes | None:
+                if s.status is Status.IMAGE_PENDING and s.image_task_id in (None, task_id):
+                    return {**_fail(reason), "image_task_id": task_id}
+                return None
+
+            return self._applied(*self._change(sketch_id, fail))
+        if not result.images:
+            raise MalformedResult(f"image task {task_id} succeeded without an image")
+        image = result.images[0]
+        owner = uuid.uuid4().hex
+        now = utcnow()
+        lease_until = now + timedelta(seconds=self._settings.chain_lease_seconds)
+
+        def claim(s: Sketch) -> Changes | None:
+            if not self._may_chain(s, task_id, now):
+                return None
+            return {
+                "status": Status.IMAGE_COMPLETE,
+                "image_task_id": task_id,
+                "image_url": image.image_url,
+                "image_url_expires_at": expires_at(now, image.image_url_ttl),
+                "chain_lease_owner": owner,
+                "chain_lease_until": lease_until,
+                "submission_unknown": None,
+                "submission_unknown_since": None,
+                "recovery_due_at": lease_until,
+            }
+
+        sketch, claimed = self._store.mutate(sketch_id, claim)
+        if sketch is None:
+            return Outcome.IGNORED
+        if not claimed:
+            waiting = sketch.status is Status.IMAGE_COMPLETE and sketch.video_task_id is None
+            return Outcome.IN_PROGRESS if waiting else Outcome.DUPLICATE
+        log.info("image ready; chain claimed", extra={"sketch_id": sketch_id, "task_id": task_id, "status": sketch.status.value})
+        self._chain(sketch, owner)
+        return Outcome.APPLIED
+
+    def _may_chain(self, s: Sketch, task_id: str, now: datetime) -> bool:
+        if s.status is Status.IMAGE_PENDING:
+            return s.image_task_id in (None, task_id)
+        if s.status is not Status.IMAGE_COMPLETE or s.image_task_id != task_id or s.video_task_id:
+            return False
+        if s.lease_is_live(now):
+            return False
+        if s.submission_unknown == "video" and s.submission_unknown_since is not None:
+            # Kling may have accepted the last request; wait for its webhook before paying again.
+            grace = timedelta(seconds=self._settings.unknown_outcome_grace_seconds)
+            return s.submission_unknown_since + grace <= now
+        return True
+
+    def _chain(self, sketch: Sketch, owner: str) -> None:
+        """Download the still and start Kling on it, holding the lease `owner`."""
+        still = self._fetch_still(sketch, owner)
+        if still is None:
+            return
+        try:
+            video_task_id = self._novita.start_image_to_video(
+                image=still.data,
+                image_filename=still.filename,
+                image_mime=still.mime,
+                prompt=sketch.video_prompt,
+                negative_prompt=sketch.negative_prompt,
+                duration=sketch.duration,
+                webhook_url=self._webhook_url(sketch.id, "video"),
+            )
+        except NovitaRejected as exc:
+            self._finish_chain(sketch.id, owner, _fail(exc.describe()))
+            log.warning("Kling refused the still: %s", exc.describe(), extra={"sketch_id": sketch.id})
+            return
+        except NovitaUnavailable as exc:
+            self._release(sketch.id, owner)
+            raise RetryLater(f"image-to-video could not be started: {exc.describe()}") from exc
+        except NovitaOutcomeUnknown as exc:
+            now = utcnow()
+            self._finish_chain(
+                sketch.id,
+                owner,
+                {
+                    "chain_lease_owner": None,
+                    "chain_lease_until": None,
+                    "submission_unknown": "video",
+                    "submission_unknown_since": now,
+                    "recovery_due_at": now
+                    + timedelta(seconds=self._settings.unknown_outcome_grace_seconds),
+                },
+            )
+            log.warning("image-to-video outcome unknown: %s", exc.describe(), extra={"sketch_id": sketch.id})
+            return
+
+        def record(s: Sketch) -> Changes | None:
+            if s.status is not Status.IMAGE_COMPLETE or s.video_task_id is not None:
+                return None  # the video's own webhook got here first and adopted the task
+            return {
+                "status": Status.VIDEO_PENDING,
+                "video_task_id": video_task_id,
+                "chain_lease_owner": None,
+                "chain_lease_until": None,
+                "recovery_due_at": self._recovery_due(utcnow()),
+            }
+
+        self._change(sketch.id, record)
+        log.info("image-to-video task started", extra={"sketch_id": sketch.id, "task_id": video_task_id, "status": Status.VIDEO_PENDING.value})
+
+    def _fetch_still(self, sketch: Sketch, owner: str) -> Still | None:
+        url = sketch.image_url
+        assert url is not None and sketch.image_task_id is not None
+        if sketch.image_url_expires_at is not None and sketch.image_url_expires_at <= utcnow():
+            url = self._fresh_image_url(sketch, owner)
+        for attempt in (1, 2):
+            try:
+                data = fetch_media(
+                    url, policy=self._settings.media_url_policy, client=self._media_http, resolve=self._resolve
+                )
+                return inspect_still(data)
+            except MediaRejected as exc:
+                self._finish_chain(sketch.id, owner, _fail(f"the still was refused: {exc}"))
+                log.warning("still refused: %s", exc, extra={"sketch_id": sketch.id})
+                return None
+            except MediaExpired as exc:
+                if attempt == 2:
+                    self._release(sketch.id, owner)
+                    raise RetryLater(f"the still's URL keeps expiring: {exc}") from exc
+                url = self._fresh_image_url(sketch, owner)
+            except MediaUnavailable as exc:
+                self._release(sketch.id, owner)
+                raise RetryLater(f"the still could not be downloaded: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _fresh_image_url(self, sketch: Sketch, owner: str) -> str:
+        """A new presigned URL for the still, from task-result."""
+        assert sketch.image_task_id is not None
+        try:
+            result = self._novita.task_result(sketch.image_task_id)
+        except NovitaError as exc:
+            self._release(sketch.id, owner)
+            raise RetryLater(f"a fresh URL for the still could not be fetched: {exc.describe()}") from exc
+        if not result.images:
+            self._release(sketch.id, owner)
+            raise RetryLater("task-result returned no image for a finished image task")
+        image = result.images[0]
+        now = utcnow()
+        self._finish_chain(
+            sketch.id,
+            owner,
+            {"image_url": image.image_url, "image_url_expires_at": expires_at(now, image.image_url_ttl)},
+        )
+        return image.image_url
+
+    def _finish_chain(self, sketch_id: str, owner: str, changes: Changes) -> None:
+        """Write `changes` if this delivery still holds the chain, else leave the sketch alone."""
+
+        def decide(s: Sketch) -> Changes | None:
+            held = s.status is Status.IMAGE_COMPLETE and s.chain_lease_owner == owner
+            return changes if held else None
+
+        self._change(sketch_id, decide)
+
+    def _release(self, sketch_id: str, owner: str) -> None:
+        """Give the chain back so that the next delivery takes it up at once."""
+        try:
+            self._finish_chain(
+                sketch_id,
+                owner,
+                {
+                    "chain_lease_owner": None,
+                    "chain_lease_until": None,
+                    "recovery_due_at": self._recovery_due(utcnow()),
+                },
+            )
+        except StoreUnavailable:
+            pass  # the lease then simply runs out
+
+    def _apply_video(self, sketch_id: str, result: TaskResult) -> Outcome:
+        task_id = result.task.task_id
+        now = utcnow()
+        if result.failed:
+            changes = {**_fail(result.task.reason or VIDEO_FAILED_DEFAULT), "video_task_id": task_id}
+        else:
+            if not result.videos:
+                raise MalformedResult(f"video task {task_id} succeeded without a video")
+            video = result.videos[0]
+            changes = {
+                "status": Status.COMPLETE,
+                "video_task_id": task_id,
+                "video_url": video.video_url,
+                "video_url_expires_at": expires_at(now, video.video_url_ttl),
+                "completed_at": now,
+                "error_message": None,
+                "chain_lease_owner": None,
+                "chain_lease_until": None,
+                "submission_unknown": None,
+                "submission_unknown_since": None,
+                "recovery_due_at": None,
+            }
+
+        def decide(s: Sketch) -> Changes | None:
+            waiting = (s.status is Status.VIDEO_PENDING and s.video_task_id == task_id) or (
+                s.status is Status.IMAGE_COMPLETE and s.video_task_id is None
+            )
+            return changes if waiting else None
+
+        return self._applied(*self._change(sketch_id, decide))
+
+    # --------------------------------------------------------------------------------- recovery
+
+    def refresh(self, sketch: Sketch) -> Sketch:
+        """If `sketch` waits on Novita and its check is due, ask task-result once and apply it.
+
+        However many callers refresh one sketch at once, only the one that moves its
+        `recovery_due_at` forward asks Novita.
+        """
+        now = utcnow()
+        due = sketch.recovery_due_at
+        if sketch.status.is_final or due is None or due > now:
+            return sketch
+        next_due = self._recovery_due(now)
+
+        def take_turn(s: Sketch) -> Changes | None:
+            return {"recovery_due_at": next_due} if s.recovery_due_at == due else None
+
+        claimed_sketch, won = self._store.mutate(sketch.id, take_turn)
+        if claimed_sketch is None or not won:
+            return claimed_sketch or sketch
+        try:
+            self._recover(claimed_sketch, now)
+        except (NovitaError, RetryLater, MalformedResult, StartFailed) as exc:
+            log.warning("recovery did not finish: %s", exc, extra={"sketch_id": sketch.id})
+        return self._store.get(sketch.id) or claimed_sketch
+
+    def _recover(self, s: Sketch, now: datetime) -> None:
+        extra = {"sketch_id": s.id, "status": s.status.value}
+        if s.status is Status.IMAGE_PENDING and s.image_task_id is None:
+            if self._unknown_outcome_expired(s, now):
+                log.warning("text-to-image never answered; submitting again", extra=extra)
+                restarted, _ = self._change(
+                    s.id,
+                    lambda cur: {"submission_unknown": "image", "submission_unknown_since": now}
+                    if cur.status is Status.IMAGE_PENDING and cur.image_task_id is None
+                    else None,
+                )
+                if restarted is not None and restarted.image_task_id is None:
+                    self._submit_image(restarted, fail_when_unavailable=False)
+            return
+        if s.status is Status.IMAGE_COMPLETE:
+            if s.video_task_id is None and self._may_chain(s, s.image_task_id or "", now):
+                log.warning("taking up an abandoned image-to-video chain", extra=extra)
+                assert s.image_task_id is not None
+                self._apply_recovered(s, s.image_task_id, "image")
+            return
+        task_id = s.current_task_id
+        if task_id is not None:
+            self._apply_recovered(s, task_id, "image" if s.status is Status.IMAGE_PENDING else "video")
+
+    def _apply_recovered(self, s: Sketch, task_id: str, stage: Stage) -> None:
+        result = self._novita.task_result(task_id)
+        try:
+            outcome = self.apply(s.id, result, stage)
+        except MalformedResult as exc:
+            reason = str(exc)
+            self._change(s.id, lambda cur: None if cur.status.is_final else _fail(reason))
+            return
+        log.info("recovered through task-result: %s", outcome.value, extra={"sketch_id": s.id, "task_id": task_id})
+
+    def _unknown_outcome_expired(self, s: Sketch, now: datetime) -> bool:
+        since = s.submission_unknown_since
+        grace = timedelta(seconds=self._settings.unknown_outcome_grace_seconds)
+        return since is None or since + grace <= now
+
+    def sweep(self, *, limit: int, deadline: datetime) -> SweepReport:
+        """Refresh up to `limit` sketches whose check is due, stopping at `deadline`."""
+        report = SweepReport()
+        for sketch in self._store.due_for_recovery(utcnow(), limit):
+            if utcnow() >= deadline:
+                break
+            report.examined += 1
+            try:
+                after = self.refresh(sketch)
+            except (StoreUnavailable, RetryLater) as exc:
+                report.errors.append(f"{sketch.id}: {exc}")
+                continue
+            if after.status is not sketch.status:
+                report.changed += 1
+        return report
+
+    # ---------------------------------------------------------------------------------- helpers
+
+    def _webhook_url(self, sketch_id: str, stage: Stage) -> str:
+        return webhook_url(
+            self._settings.webhook_url, self._settings.webhook_secret.get_secret_value(), sketch_id, stage
+        )
+
+    def _recovery_due(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self._settings.recovery_interval_seconds)
+
+    def _change(self, sketch_id: str, decide: Decide) -> tuple[Sketch | None, bool]:
+        sketch, changed = self._store.mutate(sketch_id, decide)
+        if changed and sketch is not None:
+            log.info("sketch changed", extra={"sketch_id": sketch_id, "status": sketch.status.value})
+        return sketch, changed
+
+    @staticmethod
+    def _applied(sketch: Sketch | None, changed: bool) -> Outcome:
+        if sketch is None:
+            return Outcome.IGNORED
+        return Outcome.APPLIED if changed else Outcome.DUPLICATE
+
+
+def _stage_of(sketch: Sketch, task_id: str, hint: Stage | None) -> Stage | None:
+    """Which of the sketch's tasks a result belongs to, or None for a stale or foreign task.
+
+    A task id the sketch has not recorded yet is adopted only for the stage the webhook URL was
+    registered for, and only while that stage's submission has no recorded id (its answer is
+    still on the way, or was lost).
+    """
+    if task_id == sketch.image_task_id:
+        return "image"
+    if task_id == sketch.video_task_id:
+        return "video"
+    if hint == "image" and sketch.status is Status.IMAGE_PENDING and sketch.image_task_id is None:
+        return "image"
+    if hint == "video" and sketch.status is Status.IMAGE_COMPLETE and sketch.video_task_id is None:
+        return "video"
+    return None

@@ -1,0 +1,43 @@
+"""The objects one function instance keeps between requests, built once on first use."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import cache
+
+import httpx
+from google.cloud import firestore
+
+from shared import logs
+from shared.config import ConfigError, Settings, get_settings
+from shared.http_retry import RetryingTransport
+from shared.media import media_client
+from shared.novita_client import NovitaClient
+from shared.pipeline import Pipeline
+from shared.sketch_store import SketchStore
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    store: SketchStore
+    pipeline: Pipeline
+
+
+def load_settings_or_exit() -> Settings:
+    """Settings for a function's import: a bad variable stops the process with one clear line."""
+    logs.configure()
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+
+
+@cache
+def get_runtime() -> Runtime:
+    settings = get_settings()
+    store = SketchStore(firestore.Client(project=settings.project), settings.sketches_collection)
+    media_http = media_client(transport=RetryingTransport(httpx.HTTPTransport()))
+    pipeline = Pipeline(settings, store, NovitaClient(settings), media_http)
+    return Runtime(settings=settings, store=store, pipeline=pipeline)

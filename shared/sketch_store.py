@@ -1,0 +1,134 @@
+"""Sketches in Firestore.
+
+Every change to a sketch goes through `SketchStore.mutate`: read the document, let a pure function
+decide the change from what is there now, and write it only if the document has not changed since
+it was read (a precondition on its update time). A lost race re-reads and decides again, so a
+change happens once however many requests race for it, and the race is settled by the first write
+instead of by transaction lock contention.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.cloud import firestore
+
+from shared.sketch import Sketch, utcnow
+
+log = logging.getLogger(__name__)
+
+# Keep every Firestore call well inside Novita's 5 s webhook timeout: a store that does not answer
+# by then is reported as unavailable and the delivery is answered 503.
+CALL_TIMEOUT = 3.0
+RETRY = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=4.0)
+MUTATE_ATTEMPTS = 8
+
+Changes = dict[str, Any]
+Decide = Callable[[Sketch], Changes | None]
+
+_TRANSIENT = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.Aborted,
+    gexc.RetryError,
+    gexc.TooManyRequests,
+    gexc.Unknown,
+)
+
+
+class StoreUnavailable(Exception):
+    """Firestore could not be reached or did not answer in time; trying later may succeed."""
+
+
+class SketchExists(Exception):
+    pass
+
+
+def _encode(changes: Changes) -> Changes:
+    return {k: v.value if isinstance(v, Enum) else v for k, v in changes.items()}
+
+
+class SketchStore:
+    def __init__(self, client: firestore.Client, collection: str) -> None:
+        self._client = client
+        self._collection = client.collection(collection)
+
+    def create(self, sketch: Sketch) -> None:
+        try:
+            self._collection.document(sketch.id).create(
+                _encode(sketch.to_document()), retry=RETRY, timeout=CALL_TIMEOUT
+            )
+        except gexc.AlreadyExists as exc:
+            raise SketchExists(sketch.id) from exc
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"Firestore did not store the sketch: {exc}") from exc
+
+    def get(self, sketch_id: str) -> Sketch | None:
+        sketch, _ = self._read(sketch_id)
+        return sketch
+
+    def mutate(self, sketch_id: str, decide: Decide) -> tuple[Sketch | None, bool]:
+        """Apply `decide`'s change atomically; return the sketch as it now is and whether it changed.
+
+        `decide` returns None to leave the sketch as it is. It may run more than once (after a lost
+        race), so it must be free of side effects.
+        """
+        for _ in range(MUTATE_ATTEMPTS):
+            sketch, update_time = self._read(sketch_id)
+            if sketch is None:
+                return None, False
+            changes = decide(sketch)
+            if changes is None:
+                return sketch, False
+            changes = {**changes, "updated_at": utcnow()}
+            try:
+                self._collection.document(sketch_id).update(
+                    _encode(changes),
+                    option=self._client.write_option(last_update_time=update_time),
+                    retry=RETRY,
+                    timeout=CALL_TIMEOUT,
+                )
+            except gexc.FailedPrecondition:
+                continue  # somebody else changed it first: decide again on what they wrote
+            except _TRANSIENT as exc:
+                raise StoreUnavailable(f"Firestore did not update sketch {sketch_id}: {exc}") from exc
+            return sketch.model_copy(update=changes), True
+        raise StoreUnavailable(f"sketch {sketch_id} kept changing under {MUTATE_ATTEMPTS} attempts")
+
+    def due_for_recovery(self, now: datetime, limit: int) -> list[Sketch]:
+        """Pending sketches whose next task-result check is due, oldest first."""
+        query = (
+            self._collection.where(filter=firestore.FieldFilter("recovery_due_at", "<=", now))
+            .order_by("recovery_due_at")
+            .limit(limit)
+        )
+        try:
+            return [Sketch.model_validate(s.to_dict()) for s in query.stream(retry=RETRY, timeout=CALL_TIMEOUT)]
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"Firestore did not list pending sketches: {exc}") from exc
+
+    def count_in_progress(self, user_id: str) -> int:
+        query = self._collection.where(filter=firestore.FieldFilter("user_id", "==", user_id)).where(
+            filter=firestore.FieldFilter("recovery_due_at", "!=", None)
+        )
+        try:
+            result = query.count().get(retry=RETRY, timeout=CALL_TIMEOUT)
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"Firestore did not count sketches: {exc}") from exc
+        return int(result[0][0].value)
+
+    def _read(self, sketch_id: str) -> tuple[Sketch | None, datetime | None]:
+        try:
+            snapshot = self._collection.document(sketch_id).get(retry=RETRY, timeout=CALL_TIMEOUT)
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"Firestore did not read sketch {sketch_id}: {exc}") from exc
+        if not snapshot.exists:
+            return None, None
+        return Sketch.model_validate(snapshot.to_dict()), snapshot.update_time

@@ -1,0 +1,925 @@
+"""Tests for shared.media.
+
+Only loopback is ever connected to. Refusals of metadata, private and
+link-local destinations are exercised through `check_media_url` with stub
+resolvers, and through `fetch_media` with a transport that fails if called.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import ipaddress
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from shared.media import (
+    MediaError,
+    MediaExpired,
+    MediaRejected,
+    MediaUnavailable,
+    Still,
+    check_media_url,
+    default_resolver,
+    fetch_media,
+    inspect_still,
+    media_client,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+PUBLIC_V4 = "93.184.216.34"
+PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
+
+
+def stub_resolver(table: dict[str, list[str]]) -> Callable[[str, int], list[str]]:
+    def resolve(host: str, port: int) -> list[str]:
+        try:
+            return table[host]
+        except KeyError:
+            raise socket.gaierror(
+                socket.EAI_NONAME, "Name or service not known"
+            ) from None
+
+    return resolve
+
+
+def no_dns(host: str, port: int) -> list[str]:
+    raise AssertionError(f"resolver must not be called, got {host}:{port}")
+
+
+def exploding_client() -> httpx.Client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no connection may be attempted, got {request.url}")
+
+    return httpx.Client(
+        transport=httpx.MockTransport(handler), timeout=httpx.Timeout(1.0)
+    )
+
+
+def image_bytes(fmt: str, width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 120, 40)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+JPEG_720x1280 = image_bytes("JPEG", 720, 1280)
+PNG_400 = image_bytes("PNG", 400, 400)
+JPEG_200 = image_bytes("JPEG", 200, 200)
+
+
+# --- check_media_url: refusals under public-https -------------------------------------
+
+RESOLVES = stub_resolver(
+    {
+        "metadata.google.internal": ["169.254.169.254"],
+        "metadata": ["169.254.169.254"],
+        "localhost": ["127.0.0.1", "::1"],
+        "host": [PUBLIC_V4],
+        "x": [PUBLIC_V4],
+        "mixed.example": [PUBLIC_V4, "10.1.2.3"],
+        "mixed6.example": [PUBLIC_V6, "fd00::1"],
+        "internal.example": ["127.0.0.1"],
+        "mapped.example": ["::ffff:10.0.0.1"],
+        "public.example": [PUBLIC_V4],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("http://169.254.169.254/computeMetadata/v1/", "scheme_not_allowed"),
+        ("https://169.254.169.254/computeMetadata/v1/", "address_not_public"),
+        ("https://metadata.google.internal/computeMetadata/v1/", "host_not_allowed"),
+        ("https://metadata.google.internal./computeMetadata/v1/", "host_not_allowed"),
+        ("https://METADATA/computeMetadata/v1/", "host_not_allowed"),
+        ("https://localhost/", "host_not_allowed"),
+        ("https://127.0.0.1/", "address_not_public"),
+        ("https://127.1.2.3:8443/", "address_not_public"),
+        ("https://[::1]/", "address_not_public"),
+        ("https://[::]/", "address_not_public"),
+        ("https://[fe80::1]/", "address_not_public"),
+        ("https://[fe80::1%25eth0]/", "invalid_url"),
+        ("https://[fd12:3456::1]/", "address_not_public"),
+        ("https://[fc00::1]/", "address_not_public"),
+        ("https://[ff02::1]/", "address_not_public"),
+        ("https://10.0.0.5/", "address_not_public"),
+        ("https://192.168.1.1/", "address_not_public"),
+        ("https://172.16.0.1/", "address_not_public"),
+        ("https://172.31.255.255/", "address_not_public"),
+        ("https://100.64.0.1", "address_not_public"),
+        ("https://0.0.0.0/", "address_not_public"),
+        ("https://224.0.0.1/", "address_not_public"),
+        ("https://255.255.255.255/", "address_not_public"),
+        ("https://2130706433/", "address_not_public"),
+        ("https://0x7f000001/", "address_not_public"),
+        ("https://0x7f.1/", "address_not_public"),
+        ("https://127.1/", "address_not_public"),
+        ("https://0177.0.0.1/", "invalid_url"),
+        ("https://1.2.3.4.5/", "invalid_url"),
+        ("https://foo.08/", "invalid_url"),
+        ("https://[::ffff:127.0.0.1]/", "address_not_public"),
+        ("https://[::ffff:a9fe:a9fe]/", "address_not_public"),
+        ("https://[::127.0.0.1]/", "address_not_public"),
+        ("https://[64:ff9b::10.0.0.1]/", "address_not_public"),
+        ("https://[2002:a00:1::1]/", "address_not_public"),
+        ("file:///etc/passwd", "scheme_not_allowed"),
+        ("ftp://x/", "scheme_not_allowed"),
+        ("data:image/png;base64,iVBORw0KGgo=", "scheme_not_allowed"),
+        ("gopher://x/", "scheme_not_allowed"),
+        ("//x/still.jpg", "scheme_not_allowed"),
+        ("https:///still.jpg", "missing_host"),
+        ("https://user:pw@host/", "userinfo_not_allowed"),
+        ("https://user@host/", "userinfo_not_allowed"),
+        ("https://evil.example\\@127.0.0.1/", "userinfo_not_allowed"),
+        ("https://host:99999/", "invalid_url"),
+        ("https://mixed.example/still.jpg", "address_not_public"),
+        ("https://mixed6.example/still.jpg", "address_not_public"),
+        ("https://internal.example/still.jpg", "address_not_public"),
+        ("https://mapped.example/still.jpg", "address_not_public"),
+        ("http://public.example/still.jpg", "scheme_not_allowed"),
+        ("http://93.184.216.34/still.jpg", "scheme_not_allowed"),
+    ],
+)
+def test_public_https_refuses(url: str, rule: str) -> None:
+    with pytest.raises(MediaRejected) as info:
+        check_media_url(url, "public-https", RESOLVES)
+    assert info.value.rule == rule
+
+
+def test_refusal_messages_name_the_rule() -> None:
+    with pytest.raises(MediaRejected, match="media URL must use https"):
+        check_media_url("http://public.example/", "public-https", RESOLVES)
+    with pytest.raises(
+        MediaRejected,
+        match="media host internal.example resolves to a non-public address 127.0.0.1",
+    ):
+        check_media_url("https://internal.example/", "public-https", RESOLVES)
+    with pytest.raises(MediaRejected, match="metadata.google.internal is not allowed"):
+        check_media_url("https://metadata.google.internal/", "public-https", RESOLVES)
+
+
+def test_public_name_is_allowed_with_its_addresses() -> None:
+    resolve = stub_resolver({"media.example": [PUBLIC_V4, PUBLIC_V6]})
+    addresses = check_media_url(
+        "https://media.example:8443/a.jpg?sig=1", "public-https", resolve
+    )
+    assert addresses == [
+        ipaddress.ip_address(PUBLIC_V4),
+        ipaddress.ip_address(PUBLIC_V6),
+    ]
+
+
+def test_public_ip_literal_is_checked_without_dns() -> None:
+    assert check_media_url(f"https://{PUBLIC_V4}/a.jpg", "public-https", no_dns) == [
+        ipaddress.ip_address(PUBLIC_V4)
+    ]
+    assert check_media_url(f"https://[{PUBLIC_V6}]/a.jpg", "public-https", no_dns) == [
+        ipaddress.ip_address(PUBLIC_V6)
+    ]
+
+
+def test_ipv4_mapped_public_address_is_used_as_ipv4() -> None:
+    url = f"https://[::ffff:{PUBLIC_V4}]/a.jpg"
+    assert check_media_url(url, "public-https", no_dns) == [
+        ipaddress.ip_address(PUBLIC_V4)
+    ]
+
+
+def test_resolver_receives_host_and_default_port() -> None:
+    seen: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        seen.append((host, port))
+        return [PUBLIC_V4]
+
+    check_media_url("https://Media.Example/a.jpg", "public-https", resolve)
+    check_media_url("https://media.example:8443/a.jpg", "public-https", resolve)
+    assert seen == [("media.example", 443), ("media.example", 8443)]
+
+
+def test_dns_failure_is_unavailable() -> None:
+    with pytest.raises(MediaUnavailable) as info:
+        check_media_url("https://nowhere.example/", "public-https", RESOLVES)
+    assert info.value.rule == "dns_failed"
+    with pytest.raises(MediaUnavailable):
+        check_media_url("https://empty.example/", "public-https", lambda h, p: [])
+
+
+def test_any_policy_allows_loopback_http_but_not_other_schemes() -> None:
+    assert check_media_url("http://127.0.0.1:8080/x.jpg", "any", no_dns) == [
+        ipaddress.ip_address("127.0.0.1")
+    ]
+    assert check_media_url("https://localhost/x.jpg", "any", RESOLVES) == [
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+    ]
+    assert check_media_url("http://10.0.0.5/x.jpg", "any", no_dns) == [
+        ipaddress.ip_address("10.0.0.5")
+    ]
+    for url in ("file:///etc/passwd", "ftp://x/", "data:,x", "gopher://x/"):
+        with pytest.raises(MediaRejected) as info:
+            check_media_url(url, "any", no_dns)
+        assert info.value.rule == "scheme_not_allowed"
+
+
+def test_exception_hierarchy() -> None:
+    for cls in (MediaRejected, MediaUnavailable, MediaExpired):
+        assert issubclass(cls, MediaError)
+    err = MediaRejected("too_small", "image is 1x1 pixels")
+    assert err.rule == "too_small"
+    assert str(err) == "image is 1x1 pixels"
+
+
+def test_default_resolver_returns_unique_strings() -> None:
+    assert default_resolver("127.0.0.1", 443) == ["127.0.0.1"]
+
+
+NON_PUBLIC_NETWORKS = [
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "fe80::/10",
+        "fc00::/7",
+        "ff00::/8",
+    )
+]
+
+non_public_addresses = st.sampled_from(NON_PUBLIC_NETWORKS).flatmap(
+    lambda net: st.integers(0, net.num_addresses - 1).map(lambda i: net[i])
+)
+
+
+def url_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+@given(address=non_public_addresses)
+def test_property_non_public_literals_are_refused(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    with pytest.raises(MediaRejected):
+        check_media_url(
+            f"https://{url_host(address)}/still.jpg", "public-https", no_dns
+        )
+
+
+@given(address=non_public_addresses)
+def test_property_names_resolving_to_non_public_are_refused(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    resolve = stub_resolver({"cdn.example": [PUBLIC_V4, str(address)]})
+    with pytest.raises(MediaRejected) as info:
+        check_media_url("https://cdn.example/still.jpg", "public-https", resolve)
+    assert info.value.rule == "address_not_public"
+
+
+@given(address=non_public_addresses.filter(lambda a: a.version == 4))
+def test_property_ipv4_mapped_and_decimal_forms_are_refused(
+    address: ipaddress.IPv4Address,
+) -> None:
+    for host in (f"[::ffff:{address}]", str(int(address)), hex(int(address))):
+        with pytest.raises(MediaRejected):
+            check_media_url(f"https://{host}/still.jpg", "public-https", no_dns)
+
+
+# --- fetch_media without connecting anywhere ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/computeMetadata/v1/",
+        "https://169.254.169.254/computeMetadata/v1/",
+        "https://metadata.google.internal/computeMetadata/v1/",
+        "https://internal.example/still.jpg",
+        "https://mixed.example/still.jpg",
+        "https://2130706433/",
+        "file:///etc/passwd",
+    ],
+)
+def test_refused_url_causes_no_connection(url: str) -> None:
+    resolve = stub_resolver(
+        {
+            "metadata.google.internal": ["169.254.169.254"],
+            "internal.example": ["127.0.0.1"],
+            "mixed.example": [PUBLIC_V4, "169.254.169.254"],
+        }
+    )
+    with exploding_client() as client, pytest.raises(MediaRejected):
+        fetch_media(url, policy="public-https", client=client, resolve=resolve)
+
+
+@dataclass
+class Recorder:
+    requests: list[httpx.Request] = field(default_factory=list)
+
+
+def mock_client(
+    routes: dict[str, Callable[[httpx.Request], httpx.Response]], recorder: Recorder
+) -> httpx.Client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        recorder.requests.append(request)
+        return routes[request.url.path](request)
+
+    return httpx.Client(
+        transport=httpx.MockTransport(handler), timeout=httpx.Timeout(1.0)
+    )
+
+
+def test_pinning_rewrites_host_and_keeps_name_for_host_header_and_sni() -> None:
+    recorder = Recorder()
+    routes = {"/still.jpg": lambda r: httpx.Response(200, content=JPEG_720x1280)}
+    resolve = stub_resolver({"cdn.example": [PUBLIC_V4]})
+    with mock_client(routes, recorder) as client:
+        body = fetch_media(
+            "https://cdn.example/still.jpg?sig=abc",
+            policy="public-https",
+            client=client,
+            resolve=resolve,
+        )
+    assert body == JPEG_720x1280
+    [request] = recorder.requests
+    assert str(request.url) == f"https://{PUBLIC_V4}/still.jpg?sig=abc"
+    assert request.headers["Host"] == "cdn.example"
+    assert request.extensions["sni_hostname"] == "cdn.example"
+
+
+def test_pinning_brackets_ipv6_and_keeps_port() -> None:
+    recorder = Recorder()
+    routes = {"/still.jpg": lambda r: httpx.Response(200, content=b"ok")}
+    resolve = stub_resolver({"cdn.example": [PUBLIC_V6]})
+    with mock_client(routes, recorder) as client:
+        fetch_media(
+            "https://cdn.example:8443/still.jpg",
+            policy="public-https",
+            client=client,
+            resolve=resolve,
+        )
+    [request] = recorder.requests
+    assert str(request.url) == f"https://[{PUBLIC_V6}]:8443/still.jpg"
+    assert request.headers["Host"] == "cdn.example:8443"
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/computeMetadata/v1/",
+        "https://169.254.169.254/computeMetadata/v1/",
+        "https://metadata.google.internal/computeMetadata/v1/",
+        "https://[::1]/x",
+        "https://internal.example/x",
+        "http://cdn.example/still.jpg",
+        "file:///etc/passwd",
+    ],
+)
+def test_redirect_to_refused_target_is_not_followed(location: str) -> None:
+    recorder = Recorder()
+    routes = {"/start": lambda r: httpx.Response(302, headers={"Location": location})}
+    resolve = stub_resolver(
+        {
+            "cdn.example": [PUBLIC_V4],
+            "metadata.google.internal": ["169.254.169.254"],
+            "internal.example": ["10.0.0.7"],
+        }
+    )
+    with mock_client(routes, recorder) as client, pytest.raises(MediaRejected):
+        fetch_media(
+            "https://cdn.example/start",
+            policy="public-https",
+            client=client,
+            resolve=resolve,
+        )
+    assert len(recorder.requests) == 1
+
+
+def test_redirect_to_public_host_is_pinned_again() -> None:
+    recorder = Recorder()
+    routes = {
+        "/start": lambda r: httpx.Response(
+            302, headers={"Location": "https://storage.example/still.jpg"}
+        ),
+        "/still.jpg": lambda r: httpx.Response(200, content=b"jpeg"),
+    }
+    resolve = stub_resolver(
+        {"cdn.example": [PUBLIC_V4], "storage.example": ["8.8.8.8"]}
+    )
+    with mock_client(routes, recorder) as client:
+        body = fetch_media(
+            "https://cdn.example/start",
+            policy="public-https",
+            client=client,
+            resolve=resolve,
+        )
+    assert body == b"jpeg"
+    assert [str(r.url) for r in recorder.requests] == [
+        f"https://{PUBLIC_V4}/start",
+        "https://8.8.8.8/still.jpg",
+    ]
+    assert recorder.requests[1].headers["Host"] == "storage.example"
+
+
+def test_body_cap_ignores_a_lying_content_length() -> None:
+    def lying(request: httpx.Request) -> httpx.Response:
+        chunks = (b"\xff" * 1024 for _ in range(1000))
+        return httpx.Response(200, headers={"Content-Length": "10"}, content=chunks)
+
+    recorder = Recorder()
+    resolve = stub_resolver({"cdn.example": [PUBLIC_V4]})
+    with (
+        mock_client({"/big": lying}, recorder) as client,
+        pytest.raises(MediaRejected) as info,
+    ):
+        fetch_media(
+            "https://cdn.example/big",
+            policy="public-https",
+            client=client,
+            resolve=resolve,
+            max_bytes=10_000,
+        )
+    assert info.value.rule == "too_large"
+
+
+@pytest.mark.parametrize("location", ["https://[::1", "http://exa mple/"])
+def test_invalid_redirect_target_is_not_followed(location: str) -> None:
+    recorder = Recorder()
+    routes = {"/start": lambda r: httpx.Response(302, headers={"Location": location})}
+    resolve = stub_resolver({"cdn.example": [PUBLIC_V4]})
+    # httpx itself may refuse to parse some Location values (a transport error).
+    with mock_client(routes, recorder) as client, pytest.raises(MediaError):
+        fetch_media(
+            "https://cdn.example/start",
+            policy="public-https",
+            client=client,
+            resolve=resolve,
+        )
+    assert len(recorder.requests) == 1
+
+
+def test_compressed_body_is_refused() -> None:
+    recorder = Recorder()
+    routes = {
+        "/still.jpg": lambda r: httpx.Response(
+            200, headers={"Content-Encoding": "gzip"}, content=b"\x1f\x8b"
+        )
+    }
+    resolve = stub_resolver({"cdn.example": [PUBLIC_V4]})
+    with mock_client(routes, recorder) as client, pytest.raises(MediaRejected) as info:
+        fetch_media(
+            "https://cdn.example/still.jpg",
+            policy="public-https",
+            client=client,
+            resolve=resolve,
+        )
+    assert info.value.rule == "content_encoding"
+    assert recorder.requests[0].headers["Accept-Encoding"] == "identity"
+
+
+def test_public_https_refuses_name_resolving_to_loopback_without_connecting(
+    server: LoopbackServer,
+) -> None:
+    resolve = stub_resolver({"media.test": ["127.0.0.1"]})
+    before = len(server.hits)
+    with exploding_client() as client, pytest.raises(MediaRejected) as info:
+        fetch_media(
+            f"https://media.test:{server.port}/still.jpg",
+            policy="public-https",
+            client=client,
+            resolve=resolve,
+        )
+    assert info.value.rule == "address_not_public"
+    assert len(server.hits) == before
+
+
+# --- end to end against a loopback server -----------------------------------------
+
+BIG_BODY_BYTES = 50 * 1024 * 1024
+SEND_CHUNK = 64 * 1024
+
+
+class LoopbackServer:
+    def __init__(self) -> None:
+        self.hits: list[tuple[str, str]] = []
+        self.big_sent = 0
+        self.big_done = threading.Event()
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.hits.append((self.path, self.headers.get("Host", "")))
+                outer.route(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def send(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        ctype: str = "image/jpeg",
+    ) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    def redirect(self, h: BaseHTTPRequestHandler, location: str) -> None:
+        h.send_response(302)
+        h.send_header("Location", location)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def stream_big(self, h: BaseHTTPRequestHandler, *, chunked: bool) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        if chunked:
+            h.send_header("Transfer-Encoding", "chunked")
+        else:
+            h.send_header("Connection", "close")
+            h.close_connection = True
+        h.end_headers()
+        block = b"\xff" * SEND_CHUNK
+        framed = b"%x\r\n%s\r\n" % (len(block), block) if chunked else block
+        self.big_sent = 0
+        try:
+            while self.big_sent < BIG_BODY_BYTES:
+                h.wfile.write(framed)
+                self.big_sent += len(block)
+        except OSError:
+            pass
+        finally:
+            self.big_done.set()
+
+    def route(self, h: BaseHTTPRequestHandler) -> None:
+        path = h.path.split("?")[0]
+        if path in ("/still.jpg", "/x.jpg"):
+            self.send(h, 200, JPEG_720x1280)
+        elif path == "/still.png":
+            self.send(h, 200, PNG_400, "image/png")
+        elif path == "/small.jpg":
+            self.send(h, 200, JPEG_200)
+        elif path == "/text.jpg":
+            self.send(h, 200, b"definitely not an image\n" * 100)
+        elif path == "/big-chunked.jpg":
+            self.stream_big(h, chunked=True)
+        elif path == "/big-until-close.jpg":
+            self.stream_big(h, chunked=False)
+        elif path == "/big-declared.jpg":
+            h.send_response(200)
+            h.send_header("Content-Length", str(BIG_BODY_BYTES))
+            h.end_headers()
+            h.wfile.write(b"\xff" * SEND_CHUNK)
+        elif path == "/redirect":
+            self.redirect(h, "/still.jpg")
+        elif path.startswith("/chain/"):
+            left = int(path.rsplit("/", 1)[1])
+            self.redirect(h, f"/chain/{left - 1}" if left > 0 else "/still.jpg")
+        elif path == "/redirect-no-location":
+            h.send_response(302)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        elif path == "/slow.jpg":
+            self.release.wait(10)
+        else:
+            status = int(path.strip("/"))
+            self.send(h, status, b"status body", "text/plain")
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LoopbackServer]:
+    with LoopbackServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with media_client(connect=2.0, read=2.0, write=2.0, pool=2.0) as c:
+        yield c
+
+
+def fetch(
+    url: str,
+    client: httpx.Client,
+    *,
+    max_bytes: int = 10 * 1024 * 1024,
+    max_redirects: int = 3,
+    resolve: Callable[[str, int], list[str]] = no_dns,
+) -> bytes:
+    return fetch_media(
+        url,
+        policy="any",
+        client=client,
+        max_bytes=max_bytes,
+        max_redirects=max_redirects,
+        resolve=resolve,
+    )
+
+
+def test_fetch_and_inspect_jpeg(server: LoopbackServer, client: httpx.Client) -> None:
+    still = inspect_still(fetch(server.url("/still.jpg"), client))
+    assert still == Still(data=JPEG_720x1280, format="jpeg", width=720, height=1280)
+    assert (still.mime, still.filename) == ("image/jpeg", "still.jpg")
+
+
+def test_fetch_and_inspect_png(server: LoopbackServer, client: httpx.Client) -> None:
+    still = inspect_still(fetch(server.url("/still.png"), client))
+    assert (still.format, still.width, still.height) == ("png", 400, 400)
+    assert (still.mime, still.filename) == ("image/png", "still.png")
+
+
+def test_small_image_is_rejected(server: LoopbackServer, client: httpx.Client) -> None:
+    data = fetch(server.url("/small.jpg"), client)
+    with pytest.raises(MediaRejected) as info:
+        inspect_still(data)
+    assert info.value.rule == "too_small"
+    assert str(info.value) == "image is 200x200 pixels; at least 300x300 is required"
+
+
+def test_text_served_as_jpeg_is_rejected(
+    server: LoopbackServer, client: httpx.Client
+) -> None:
+    data = fetch(server.url("/text.jpg"), client)
+    with pytest.raises(MediaRejected) as info:
+        inspect_still(data)
+    assert info.value.rule == "not_an_image"
+    assert str(info.value) == "image is not a JPEG or PNG"
+
+
+@pytest.mark.parametrize("path", ["/big-chunked.jpg", "/big-until-close.jpg"])
+def test_oversized_stream_is_aborted_early(
+    server: LoopbackServer, client: httpx.Client, path: str
+) -> None:
+    server.big_done.clear()
+    with pytest.raises(MediaRejected) as info:
+        fetch(server.url(path), client, max_bytes=1024 * 1024)
+    assert info.value.rule == "too_large"
+    assert str(info.value) == "image is larger than 1 MB"
+    # The server stops when the client hangs up; only socket buffers' worth got out.
+    assert server.big_done.wait(10)
+    assert server.big_sent < BIG_BODY_BYTES // 5
+
+
+def test_declared_oversize_is_refused_before_reading(
+    server: LoopbackServer, client: httpx.Client
+) -> None:
+    with pytest.raises(MediaRejected) as info:
+        fetch(server.url("/big-declared.jpg"), client)
+    assert info.value.rule == "too_large"
+    assert str(info.value) == "image is larger than 10 MB"
+
+
+def test_redirect_is_followed_under_any(
+    server: LoopbackServer, client: httpx.Client
+) -> None:
+    assert fetch(server.url("/redirect"), client) == JPEG_720x1280
+
+
+def test_redirects_up_to_the_limit_are_followed(
+    server: LoopbackServer, client: httpx.Client
+) -> None:
+    # /chain/2 -> /chain/1 -> /chain/0 -> /still.jpg is three redirects.
+    assert fetch(server.url("/chain/2"), client, max_redirects=3) == JPEG_720x1280
+
+
+def test_redirect_chain_longer_than_limit_is_rejected(
+    server: LoopbackServer, client: httpx.Client
+) -> None:
+    before = len(server.hits)
+    with pytest.raises(MediaRejected) as info:
+        fetch(server.url("/chain/3"), client, max_redirects=3)
+    assert info.value.rule == "too_many_redirects"
+    assert len(server.hits) - before == 4
+
+
+def test_redirect_without_location_is_rejected(
+    server: LoopbackServer, client: httpx.Client
+) -> None:
+    with pytest.raises(MediaRejected) as info:
+        fetch(server.url("/redirect-no-location"), client)
+    assert info.value.rule == "bad_redirect"
+
+
+@pytest.mark.parametrize(
+    ("status", "exc", "rule"),
+    [
+        (403, MediaExpired, "expired"),
+        (404, MediaExpired, "expired"),
+        (410, MediaExpired, "expired"),
+        (429, MediaUnavailable, "upstream_unavailable"),
+        (500, MediaUnavailable, "upstream_unavailable"),
+        (503, MediaUnavailable, "upstream_unavailable"),
+        (400, MediaRejected, "http_status"),
+        (451, MediaRejected, "http_status"),
+    ],
+)
+def test_status_mapping(
+    server: LoopbackServer,
+    client: httpx.Client,
+    status: int,
+    exc: type[MediaError],
+    rule: str,
+) -> None:
+    with pytest.raises(exc) as info:
+        fetch(server.url(f"/{status}"), client)
+    assert info.value.rule == rule
+
+
+def test_silent_server_times_out_as_unavailable(server: LoopbackServer) -> None:
+    with (
+        media_client(connect=1.0, read=0.3) as short,
+        pytest.raises(MediaUnavailable) as info,
+    ):
+        fetch(server.url("/slow.jpg"), short)
+    assert info.value.rule == "timeout"
+
+
+def test_refused_connection_is_unavailable(client: httpx.Client) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(MediaUnavailable) as info:
+        fetch(f"http://127.0.0.1:{port}/still.jpg", client)
+    assert info.value.rule == "network_error"
+
+
+def test_pinned_connection_reaches_checked_address_with_original_host(
+    server: LoopbackServer, client: httpx.Client
+) -> None:
+    resolve = stub_resolver({"media.test": ["127.0.0.1"]})
+    before = len(server.hits)
+    body = fetch(f"http://media.test:{server.port}/x.jpg?v=1", client, resolve=resolve)
+    assert body == JPEG_720x1280
+    assert server.hits[before:] == [("/x.jpg?v=1", f"media.test:{server.port}")]
+
+
+def self_signed_cert(name: str) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@dataclass
+class TlsServer:
+    server: LoopbackServer
+    ca: ssl.SSLContext
+    sni: list[str | None]
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    cert_pem, key_pem = self_signed_cert("media.test")
+    directory = tmp_path_factory.mktemp("tls")
+    (directory / "cert.pem").write_bytes(cert_pem)
+    (directory / "key.pem").write_bytes(key_pem)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    sni: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: sni.append(name)
+    client_ctx = ssl.create_default_context(cadata=cert_pem.decode())
+    with LoopbackServer() as srv:
+        srv.httpd.socket = server_ctx.wrap_socket(srv.httpd.socket, server_side=True)
+        yield TlsServer(srv, client_ctx, sni)
+
+
+def test_pinned_tls_verifies_certificate_and_sni_for_the_name(
+    tls_server: TlsServer,
+) -> None:
+    port = tls_server.server.port
+    resolve = stub_resolver({"media.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    with httpx.Client(
+        verify=tls_server.ca, timeout=httpx.Timeout(2.0), trust_env=False
+    ) as client:
+        body = fetch(f"https://media.test:{port}/still.jpg", client, resolve=resolve)
+        assert body == JPEG_720x1280
+        assert tls_server.sni[-1] == "media.test"
+        assert tls_server.server.hits[-1] == ("/still.jpg", f"media.test:{port}")
+        # The certificate names media.test only: a name it does not cover must fail.
+        with pytest.raises(MediaUnavailable):
+            fetch(f"https://other.test:{port}/still.jpg", client, resolve=resolve)
+        assert tls_server.sni[-1] == "other.test"
+
+
+# --- inspect_still ----------------------------------------------------------------
+
+
+def test_inspect_accepts_exact_minimum() -> None:
+    still = inspect_still(image_bytes("PNG", 300, 300))
+    assert (still.width, still.height) == (300, 300)
+
+
+@pytest.mark.parametrize(("width", "height"), [(299, 1280), (720, 299), (1, 1)])
+def test_inspect_rejects_either_side_too_small(width: int, height: int) -> None:
+    with pytest.raises(MediaRejected) as info:
+        inspect_still(image_bytes("JPEG", width, height))
+    assert info.value.rule == "too_small"
+    assert str(info.value) == (
+        f"image is {width}x{height} pixels; at least 300x300 is required"
+    )
+
+
+def test_inspect_rejects_too_large_before_parsing() -> None:
+    with pytest.raises(MediaRejected) as info:
+        inspect_still(JPEG_720x1280, max_bytes=len(JPEG_720x1280) - 1)
+    assert info.value.rule == "too_large"
+    with pytest.raises(MediaRejected, match="image is larger than 10 MB"):
+        inspect_still(b"\xff\xd8\xff" + b"\x00" * (10 * 1024 * 1024))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello",
+        image_bytes("GIF", 400, 400),
+        image_bytes("WEBP", 400, 400),
+        image_bytes("BMP", 400, 400),
+        b"\xff\xd8\xff" + b"\x00" * 100,
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 100,
+        PNG_400[:40],
+        b"<svg xmlns='http://www.w3.org/2000/svg' width='400' height='400'/>",
+    ],
+)
+def test_inspect_rejects_non_images(data: bytes) -> None:
+    with pytest.raises(MediaRejected) as info:
+        inspect_still(data)
+    assert info.value.rule == "not_an_image"
+
+
+def test_inspect_rejects_corrupted_png() -> None:
+    corrupt = bytearray(PNG_400)
+    corrupt[-20] ^= 0xFF
+    with pytest.raises(MediaRejected) as info:
+        inspect_still(bytes(corrupt))
+    assert info.value.rule == "not_an_image"
+
+
+def test_still_repr_omits_the_bytes() -> None:
+    assert "data" not in repr(inspect_still(JPEG_720x1280))
