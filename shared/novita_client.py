@@ -111,7 +111,7 @@ class NovitaClient:
             base_url=settings.novita_base_url,
             headers={"Authorization": f"Bearer {settings.novita_api_key.get_secret_value()}"},
             timeout=TIMEOUT,
-            transport=RetryingTransport(transport or httpx.HTTPTransport()),
+            transport=RetryingTransport(transport or httpx.HTTPTransport(), sleep=sleep),
         )
 
     def close(self) -> None:

@@ -1,0 +1,178 @@
+"""`create_sketch` over real HTTP: validation, Novita refusing or absent, GET, OPTIONS, methods."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conftest import Stack
+
+VALID = {"prompt": "a giraffe conducting an orchestra of teapots"}
+
+
+def test_post_records_the_sketch_and_starts_text_to_image(stack: Stack) -> None:
+    response = stack.post_sketch({**VALID, "width": 512, "height": 768, "duration": 10, "seed": 42})
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "image_pending"
+    assert body["image_task_id"]
+    assert (body["width"], body["height"], body["duration"], body["seed"]) == (512, 768, 10, 42)
+    assert body["video_prompt"]  # a default motion prompt when none was given
+    assert body["created_at"].endswith("Z")
+    stored = stack.stored(body["id"])
+    assert stored is not None and stored.image_task_id == body["image_task_id"]
+    assert stack.tasks_created("txt2img") == 1
+
+
+def test_post_trims_the_prompt(stack: Stack) -> None:
+    response = stack.post_sketch({"prompt": "   a cat in a teacup  \n"})
+    assert response.status_code == 202
+    assert response.json()["prompt"] == "a cat in a teacup"
+
+
+INVALID_BODIES: list[tuple[str, Any, str]] = [
+    ("missing prompt", {}, "prompt"),
+    ("empty prompt", {"prompt": ""}, "prompt"),
+    ("blank prompt", {"prompt": "   \t "}, "prompt"),
+    ("prompt too long", {"prompt": "x" * 2001}, "prompt"),
+    ("prompt not a string", {"prompt": 12}, "prompt"),
+    ("negative prompt too long", {**VALID, "negative_prompt": "x" * 2001}, "negative_prompt"),
+    ("video prompt too long", {**VALID, "video_prompt": "x" * 2501}, "video_prompt"),
+    ("width as string", {**VALID, "width": "720"}, "width"),
+    ("width fractional", {**VALID, "width": 720.5}, "width"),
+    ("height boolean", {**VALID, "height": True}, "height"),
+    ("width too small", {**VALID, "width": 100}, "width"),
+    ("height too large", {**VALID, "height": 100000}, "height"),
+    ("duration 7", {**VALID, "duration": 7}, "duration"),
+    ("duration as string", {**VALID, "duration": "5"}, "duration"),
+    ("duration float", {**VALID, "duration": 5.0}, "duration"),
+    ("seed below -1", {**VALID, "seed": -2}, "seed"),
+    ("seed too large", {**VALID, "seed": 2147483648}, "seed"),
+    ("unknown field", {**VALID, "model": "other"}, "model"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "field"), INVALID_BODIES, ids=[c[0] for c in INVALID_BODIES])
+def test_invalid_body_is_refused_naming_the_field_and_changes_nothing(
+    stack: Stack, case: str, body: Any, field: str
+) -> None:
+    response = stack.post_sketch(body)
+
+    assert response.status_code == 400, case
+    error = response.json()["error"]
+    assert error["code"] == "invalid_field"
+    assert field in error["message"]
+    assert stack.stored_count() == 0
+    assert stack.simulator.stats()["requests"]["txt2img"] == 0
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"[1, 2]", b'"a string"', b"", b"\xff\xfe\x00"], ids=["broken", "array", "string", "empty", "bytes"]
+)
+def test_body_that_is_not_a_json_object_is_refused(stack: Stack, raw: bytes) -> None:
+    response = stack.http.post(stack.create.url, content=raw, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+    assert stack.stored_count() == 0
+
+
+def test_body_over_64_kib_is_refused_with_413(stack: Stack) -> None:
+    raw = json.dumps({"prompt": "p", "negative_prompt": "x" * (65 * 1024)}).encode()
+    response = stack.http.post(stack.create.url, content=raw, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+    assert stack.stored_count() == 0
+
+
+def test_novita_refusal_fails_the_sketch_and_answers_502_with_the_reason(stack: Stack) -> None:
+    stack.simulator.configure(http_errors={"txt2img": [403]})
+
+    response = stack.post_sketch(VALID)
+
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["reason"] == "NOT_ENOUGH_BALANCE"
+    sketch = stack.stored(error["sketch"]["id"])
+    assert sketch is not None and sketch.status.value == "failed"
+    assert sketch.error_message is not None and "NOT_ENOUGH_BALANCE" in sketch.error_message
+
+
+def test_novita_out_of_reach_fails_the_sketch_and_answers_503(stack_factory) -> None:  # noqa: ANN001
+    from devstack.processes import free_port
+
+    nowhere = stack_factory("novita-down", NOVITA_BASE_URL=f"http://127.0.0.1:{free_port()}")
+    stack = nowhere
+    stack.emulator.reset("sketch-machine-test")
+
+    response = stack.post_sketch(VALID)
+
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "novita_unavailable"
+    sketch = stack.stored(error["sketch"]["id"])
+    assert sketch is not None and sketch.status.value == "failed"
+    assert sketch.error_message and "could not be reached" in sketch.error_message
+    assert stack.stored_count() == 1
+
+
+def test_novita_busy_twice_then_accepting_is_retried_without_a_second_task(stack: Stack) -> None:
+    stack.simulator.configure(http_errors={"txt2img": [429, 429]})
+
+    response = stack.post_sketch(VALID)
+
+    assert response.status_code == 202
+    assert stack.tasks_created("txt2img") == 1
+    assert stack.simulator.stats()["requests"]["txt2img"] == 3
+
+
+def test_novita_500_is_not_resent_and_the_sketch_fails(stack: Stack) -> None:
+    stack.simulator.configure(http_errors={"txt2img": [500]})
+
+    response = stack.post_sketch(VALID)
+
+    assert response.status_code == 503
+    assert stack.simulator.stats()["requests"]["txt2img"] == 1
+    assert response.json()["error"]["sketch"]["status"] == "failed"
+
+
+def test_get_returns_the_sketch_and_404_for_an_unknown_id(stack: Stack) -> None:
+    created = stack.post_sketch(VALID).json()
+
+    found = stack.get_sketch(created["id"])
+    missing = stack.get_sketch("no-such-sketch")
+    no_id = stack.http.get(stack.create.url)
+
+    assert found.status_code == 200
+    assert found.json()["id"] == created["id"]
+    assert set(found.json()) >= {
+        "id", "status", "prompt", "negative_prompt", "video_prompt", "width", "height", "duration",
+        "seed", "image_task_id", "video_task_id", "image_url", "image_url_expires_at", "video_url",
+        "video_url_expires_at", "error_message", "created_at", "updated_at", "completed_at",
+    }
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    assert no_id.status_code == 400
+
+
+def test_options_answers_the_cors_preflight(stack: Stack) -> None:
+    response = stack.http.options(
+        stack.create.url,
+        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+    )
+
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_other_methods_answer_405(stack: Stack, method: str) -> None:
+    response = stack.http.request(method, stack.create.url, json=VALID)
+
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert stack.stored_count() == 0
