@@ -177,7 +177,7 @@ class NovitaClient:
 
     def task_result(self, task_id: str) -> TaskResult:
         try:
-            response = self._http.get(TASK_RESULT_PATH, params={"task_id": task_id})
+            response = self._call("GET", TASK_RESULT_PATH, params={"task_id": task_id})
         except httpx.TransportError as exc:
             raise NovitaUnavailable(f"task-result could not be fetched: {exc!r}") from exc
         if response.status_code != 200:
@@ -193,7 +193,7 @@ class NovitaClient:
         while True:
             attempt += 1
             try:
-                response = self._http.post(path, **request)
+                response = self._call("POST", path, **request)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # Nothing reached Novita, so sending again cannot create a second task.
                 error: NovitaError = NovitaUnavailable(f"Novita could not be reached: {exc!r}")
@@ -213,6 +213,23 @@ class NovitaClient:
                 raise error
             log.warning("retrying %s after %.2fs: %s", path, delay, error.describe())
             self._sleep(delay)
+
+    def _call(self, method: str, path: str, **request: Any) -> httpx.Response:
+        """One request to Novita, logged with its outcome and duration."""
+        started = time.perf_counter()
+        outcome: int | str = "no answer"
+        try:
+            response = self._http.request(method, path, **request)
+            outcome = response.status_code
+            return response
+        finally:
+            log.info(
+                "Novita %s %s answered %s",
+                method,
+                path,
+                outcome,
+                extra={"duration_ms": round((time.perf_counter() - started) * 1000, 1), "http_status": outcome},
+            )
 
     @staticmethod
     def _task_id(response: httpx.Response) -> str:

@@ -136,7 +136,7 @@ def default_stack(stack_factory: Callable[..., Stack]) -> Stack:
 def _clean(emulator: FirestoreEmulator, simulator: NovitaSimulator) -> None:
     simulator.wait_idle(10)
     simulator.reset()
-    simulator.configure(**vars(fast_simulator_config()))
+    simulator.configure(**fast_simulator_config().model_dump())
     emulator.reset(PROJECT)
 
 

@@ -1,0 +1,229 @@
+"""The HTTP face of the simulator: Novita's API, presigned-style media, and the /_sim control endpoints."""
+
+import contextlib
+import hmac
+import json
+import socket
+import threading
+import traceback
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+from novita_simulator.config import Endpoint
+from novita_simulator.errors import InvalidRequest, NovitaError
+from novita_simulator.payloads import result_entries, task_result_body
+from novita_simulator.runner import TaskRunner
+from novita_simulator.state import SimulatorState
+from novita_simulator.task import Task
+from novita_simulator.validation import parse_kling, parse_txt2img
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MEDIA_PREFIX = "/media/"
+API_ROUTES: dict[str, tuple[Endpoint, str]] = {
+    "/v3/async/txt2img": ("txt2img", "POST"),
+    "/v3/async/kling-v2.1-i2v-master": ("kling", "POST"),
+    "/v3/async/task-result": ("task_result", "GET"),
+}
+STORAGE_ERROR = (
+    "<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+)
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    api_key: str
+    base_url: str
+    state: SimulatorState
+    runner: TaskRunner
+    stopping: threading.Event
+
+
+class SimulatorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    context: ApiContext
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, SimulatorRequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End keep-alive connections too, so nothing is answered after stop."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed by the peer
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class SimulatorRequestHandler(BaseHTTPRequestHandler):
+    server: SimulatorHTTPServer
+    protocol_version = "HTTP/1.1"
+    server_version = "novita-simulator"
+    timeout = 60  # idle keep-alive connections end on their own
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per request would drown test and CLI output
+
+    def _handle(self, method: str) -> None:
+        path, _, query = self.path.partition("?")
+        try:
+            body = self._read_body() if method == "POST" else b""
+            self._route(method, path, parse_qs(query), body)
+        except NovitaError as error:
+            self._send_json(error.status, error.body(), error.headers())
+        except Exception:  # a simulator bug still answers like Novita's 500, not a dropped socket
+            traceback.print_exc()
+            self._send_json(500, NovitaError(500).body())
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> None:
+        if path.startswith(MEDIA_PREFIX) and method in ("GET", "HEAD"):
+            self._media(path.removeprefix(MEDIA_PREFIX), head_only=method == "HEAD")
+        elif path.startswith("/_sim/"):
+            self._control(method, path, body)
+        elif path in API_ROUTES:
+            endpoint, expected_method = API_ROUTES[path]
+            state = self.server.context.state
+            state.count_request(endpoint)
+            if method != expected_method:
+                raise NovitaError(405, f"{path} accepts {expected_method} only")
+            self._authenticate()
+            injected_status = state.take_http_error(endpoint)
+            if injected_status is not None:
+                raise NovitaError(injected_status)
+            if endpoint == "txt2img":
+                self._txt2img(body)
+            elif endpoint == "kling":
+                self._kling(body)
+            else:
+                self._task_result(query)
+        else:
+            raise NovitaError(404, f"no route for {method} {path}")
+
+    def _authenticate(self) -> None:
+        scheme, _, key = self.headers.get("Authorization", "").partition(" ")
+        expected = self.server.context.api_key.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), expected):
+            raise NovitaError(401, "invalid or missing API key")
+
+    def _txt2img(self, body: bytes) -> None:
+        task = self.server.context.runner.accept_txt2img(parse_txt2img(body))
+        self._answer_accepted(task)
+
+    def _kling(self, body: bytes) -> None:
+        context = self.server.context
+        if context.stopping.wait(context.state.config.kling_accept_delay):
+            self.close_connection = True
+            return
+        task = context.runner.accept_kling(parse_kling(self.headers.get("Content-Type", ""), body))
+        self._answer_accepted(task)
+
+    def _answer_accepted(self, task: Task) -> None:
+        if self.server.context.state.take_fault("accept_then_drop_response", task.kind):
+            # The task runs and reports as usual, but the client never learns that it was accepted.
+            self.close_connection = True
+            return
+        self._send_json(200, {"task_id": task.task_id})
+
+    def _task_result(self, query: dict[str, list[str]]) -> None:
+        context = self.server.context
+        task_id = query.get("task_id", [""])[0]
+        if not task_id:
+            raise InvalidRequest("task_id: required")
+        task = context.state.task(task_id)
+        if task is None:
+            raise NovitaError(404, f"task {task_id} not found", reason="TASK_NOT_FOUND")
+        # every look-up presigns fresh links, with the TTL in force now
+        images, videos = result_entries(context.state, task, context.base_url, context.state.config)
+        self._send_json(200, task_result_body(task, images, videos))
+
+    def _media(self, name: str, head_only: bool) -> None:
+        state = self.server.context.state
+        state.count_request("media")
+        token, _, extension = name.rpartition(".")
+        link = state.resolve_link(token)
+        if link is None or link.asset.extension != extension:
+            self._send_storage_error(404, "NoSuchKey", "The specified key does not exist.")
+        elif link.expired():
+            self._send_storage_error(403, "AccessDenied", "Request has expired")
+        else:
+            self._send(200, link.asset.data, link.asset.content_type, head_only=head_only)
+
+    def _control(self, method: str, path: str, body: bytes) -> None:
+        state = self.server.context.state
+        if (method, path) == ("GET", "/_sim/stats"):
+            self._send_json(200, state.stats())
+        elif (method, path) == ("POST", "/_sim/reset"):
+            state.reset()
+            self._send_json(200, {"reset": True})
+        elif (method, path) == ("POST", "/_sim/config"):
+            try:
+                changes = json.loads(body)
+                if not isinstance(changes, dict):
+                    raise TypeError("body must be a JSON object of SimulatorConfig fields")
+                config = state.configure(changes)
+            except (TypeError, ValueError) as error:
+                raise NovitaError(400, str(error), reason="INVALID_CONFIG") from None
+            self._send_json(200, {"config": config.model_dump()})
+        else:
+            raise NovitaError(404, f"no control endpoint {method} {path}")
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise InvalidRequest("chunked request bodies are not supported; send Content-Length")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            raise InvalidRequest("invalid Content-Length") from None
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            raise NovitaError(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _send_storage_error(self, status: int, code: str, message: str) -> None:
+        self._send(status, STORAGE_ERROR.format(code=code, message=message).encode(), "application/xml")
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        head_only: bool = False,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if not head_only:
+            self.wfile.write(body)

@@ -1,0 +1,181 @@
+"""What the simulator remembers: settings and faults, tasks, media links, counters, work in flight."""
+
+import dataclasses
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from novita_simulator.config import Endpoint, SimulatorConfig, TaskKind
+from novita_simulator.media import MediaAsset
+from novita_simulator.task import FAILED, PROCESSING, QUEUED, SUCCEED, Task
+
+DELIVERY_LOG_SIZE = 500
+COUNTED_REQUESTS = ("txt2img", "kling", "task_result", "media")
+
+ConsumableFault = Literal["fail_tasks", "accept_then_drop_response"]
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    task_id: str
+    url: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    elapsed_ms: int
+
+
+@dataclass(frozen=True)
+class MediaLink:
+    asset: MediaAsset
+    expires_monotonic: float
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.expires_monotonic
+
+
+class SimulatorState:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self._initial = config.model_copy(deep=True)
+        self._changed = threading.Condition()
+        self._clear()
+
+    def _clear(self) -> None:
+        # Faults are consumed by replacing the config, so snapshots handed out never change.
+        self._config = self._initial.model_copy(deep=True)
+        self._tasks: dict[str, Task] = {}
+        self._links: dict[str, MediaLink] = {}
+        self._requests = dict.fromkeys(COUNTED_REQUESTS, 0)
+        self._tasks_created: dict[TaskKind, int] = {"txt2img": 0, "kling": 0}
+        self._kling_tasks_by_webhook_url: dict[str, int] = {}
+        self._webhook_attempts = 0
+        self._deliveries: deque[DeliveryAttempt] = deque(maxlen=DELIVERY_LOG_SIZE)
+        # One token per task or webhook delivery still under way; reset forgets them all.
+        self._pending: set[object] = set()
+
+    @property
+    def config(self) -> SimulatorConfig:
+        with self._changed:
+            return self._config
+
+    def configure(self, changes: Mapping[str, object]) -> SimulatorConfig:
+        with self._changed:
+            self._config = self._config.with_changes(changes)
+            return self._config
+
+    def reset(self) -> None:
+        with self._changed:
+            self._clear()
+            self._changed.notify_all()
+
+    def count_request(self, name: str) -> None:
+        with self._changed:
+            self._requests[name] += 1
+
+    def take_http_error(self, endpoint: Endpoint) -> int | None:
+        with self._changed:
+            queued = self._config.http_errors.get(endpoint)
+            if not queued:
+                return None
+            self._config = self._config.model_copy(
+                update={"http_errors": {**self._config.http_errors, endpoint: queued[1:]}}
+            )
+            return queued[0]
+
+    def take_fault(self, fault: ConsumableFault, kind: TaskKind) -> bool:
+        with self._changed:
+            counts: dict[TaskKind, int] = getattr(self._config, fault)
+            if counts.get(kind, 0) <= 0:
+                return False
+            self._config = self._config.model_copy(update={fault: {**counts, kind: counts[kind] - 1}})
+            return True
+
+    def add_task(self, task: Task) -> object:
+        """Register an accepted task; returns the token that keeps it pending until it settles."""
+        with self._changed:
+            self._tasks[task.task_id] = task
+            self._tasks_created[task.kind] += 1
+            if task.kind == "kling" and task.webhook_url:
+                by_url = self._kling_tasks_by_webhook_url
+                by_url[task.webhook_url] = by_url.get(task.webhook_url, 0) + 1
+            return self._begin_work_locked()
+
+    def task(self, task_id: str) -> Task | None:
+        with self._changed:
+            task = self._tasks.get(task_id)
+            return dataclasses.replace(task) if task else None
+
+    def mark_processing(self, task_id: str) -> bool:
+        """False when the task is gone (a reset forgot it), so its worker should stop."""
+        with self._changed:
+            task = self._tasks.get(task_id)
+            if task is None or task.status != QUEUED:
+                return False
+            task.status = PROCESSING
+            return True
+
+    def finish_task(
+        self, task_id: str, failure_reason: str | None, media: tuple[MediaAsset, ...]
+    ) -> Task | None:
+        with self._changed:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return None
+            task.status, task.reason = (FAILED, failure_reason) if failure_reason else (SUCCEED, "")
+            task.media = () if failure_reason else media
+            task.finished_at = time.time()
+            return dataclasses.replace(task)
+
+    def begin_work(self) -> object:
+        with self._changed:
+            return self._begin_work_locked()
+
+    def _begin_work_locked(self) -> object:
+        token = object()
+        self._pending.add(token)
+        return token
+
+    def end_work(self, token: object) -> None:
+        with self._changed:
+            self._pending.discard(token)
+            self._changed.notify_all()
+
+    def is_live(self, token: object) -> bool:
+        with self._changed:
+            return token in self._pending
+
+    def record_attempt(self, token: object, attempt: DeliveryAttempt) -> None:
+        with self._changed:
+            if token in self._pending:
+                self._webhook_attempts += 1
+                self._deliveries.append(attempt)
+
+    def issue_link(self, asset: MediaAsset, ttl_seconds: int) -> str:
+        token = secrets.token_urlsafe(18)
+        with self._changed:
+            self._links[token] = MediaLink(asset, time.monotonic() + ttl_seconds)
+        return f"{token}.{asset.extension}"
+
+    def resolve_link(self, token: str) -> MediaLink | None:
+        with self._changed:
+            return self._links.get(token)
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._pending, timeout)
+
+    def stats(self) -> dict[str, Any]:
+        with self._changed:
+            return {
+                "requests": dict(self._requests),
+                "tasks_created": dict(self._tasks_created),
+                "kling_tasks_by_webhook_url": dict(self._kling_tasks_by_webhook_url),
+                "webhook_attempts": self._webhook_attempts,
+                "webhook_deliveries": [dataclasses.asdict(attempt) for attempt in self._deliveries],
+                "pending": len(self._pending),
+                "config": self._config.model_dump(),
+            }

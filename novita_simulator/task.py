@@ -1,0 +1,50 @@
+"""A simulated async task and the status vocabulary Novita uses for it."""
+
+import time
+from dataclasses import dataclass, field
+from typing import Final
+
+from novita_simulator.config import SimulatorConfig, TaskKind
+from novita_simulator.media import MediaAsset
+
+QUEUED: Final = "TASK_STATUS_QUEUED"
+PROCESSING: Final = "TASK_STATUS_PROCESSING"
+SUCCEED: Final = "TASK_STATUS_SUCCEED"
+FAILED: Final = "TASK_STATUS_FAILED"
+
+TASK_TYPES: dict[TaskKind, str] = {"txt2img": "TXT_TO_IMG", "kling": "KLING_V2.1_I2V_MASTER"}
+
+
+@dataclass
+class Task:
+    task_id: str
+    kind: TaskKind
+    # The settings in force when the task was accepted shape its outcome and its webhook.
+    config: SimulatorConfig
+    webhook_url: str | None
+    delay: float
+    # Decided at acceptance (an injected fault or test mode); None means the task succeeds.
+    failure_reason: str | None
+    video_duration: float = 5.0
+    created_at: float = field(default_factory=time.time)
+    accepted_monotonic: float = field(default_factory=time.monotonic)
+    status: str = QUEUED
+    reason: str = ""
+    finished_at: float | None = None
+    media: tuple[MediaAsset, ...] = ()
+
+    @property
+    def task_type(self) -> str:
+        return TASK_TYPES[self.kind]
+
+    def progress_percent(self) -> int:
+        if self.status in (SUCCEED, FAILED):
+            return 100
+        if self.status == QUEUED or self.delay <= 0:
+            return 0
+        return min(99, int(100 * (time.monotonic() - self.accepted_monotonic) / self.delay))
+
+    def eta_seconds(self) -> int:
+        if self.status in (SUCCEED, FAILED):
+            return 0
+        return max(0, round(self.accepted_monotonic + self.delay - time.monotonic()))

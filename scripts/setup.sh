@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Prepares a fresh machine for the local run and the tests; safe to run again.
+# Sourced by run-local.sh, test.sh and bench.sh: leaves VENV_PYTHON set.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+VENV_PYTHON="$VENV/bin/python"
+export VENV_PYTHON
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+need python3 || { echo "setup: python3 (3.11 or newer) is required" >&2; exit 1; }
+if ! need java; then
+  echo "setup: installing Java 17 for the Firestore emulator" >&2
+  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+
+sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)
+jar="${sdk_root:-/usr/lib/google-cloud-sdk}/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
+if [ ! -f "$jar" ] && [ ! -f /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar ]; then
+  echo "setup: installing the Firestore emulator (google-cloud-cli-firestore-emulator)" >&2
+  apt-get update -qq && apt-get install -y -qq google-cloud-cli-firestore-emulator >/dev/null || {
+    echo "setup: the Firestore emulator is missing and could not be installed;" >&2
+    echo "       install the Debian package google-cloud-cli-firestore-emulator" >&2
+    exit 1
+  }
+fi
+
+# Reinstall only when the requirements change.
+stamp="$VENV/.requirements.sha256"
+want=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)
+if [ ! -x "$VENV_PYTHON" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python packages into .venv" >&2
+  python3 -m venv "$VENV"
+  "$VENV_PYTHON" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements-dev.txt"
+  echo "$want" > "$stamp"
+fi
+export PYTHONPATH="$ROOT"
