@@ -68,14 +68,30 @@ def local_stack(log_dir: Path, *, image_delay: float, video_delay: float) -> Ite
     webhook = FunctionServer("novita_webhook", env, log_dir / "novita_webhook.log", port=webhook_port)
     create = FunctionServer("create_sketch", env, log_dir / "create_sketch.log")
     simulator_cmd = [
-        sys.executable, "-m", "novita_simulator", "--host", LOOPBACK, "--port", str(sim_port),
-        "--api-key", API_KEY, "--image-delay", str(image_delay), "--video-delay", str(video_delay),
+        sys.executable,
+        "-m",
+        "novita_simulator",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(sim_port),
+        "--api-key",
+        API_KEY,
+        "--image-delay",
+        str(image_delay),
+        "--video-delay",
+        str(video_delay),
     ]
     simulator = None
     try:
         emulator.start()
         started.append(emulator)
-        simulator = start(simulator_cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, log_path=log_dir / "novita-simulator.log", cwd=ROOT)
+        simulator = start(
+            simulator_cmd,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            log_path=log_dir / "novita-simulator.log",
+            cwd=ROOT,
+        )
         wait_until(answers(f"{simulator_url}/_sim/stats"), 30, "Novita simulator", simulator)
         webhook.start()
         create.start()
@@ -147,7 +163,7 @@ def serve(log_dir: Path) -> int:
             f"auth mode       {stack.auth_mode}\n"
             f"logs            {log_dir}\n\n"
             f"try: curl -s -X POST {stack.create.url} -H 'Content-Type: application/json' "
-            "-d '{\"prompt\": \"a cat piloting a hot-air balloon\"}'\n"
+            '-d \'{"prompt": "a cat piloting a hot-air balloon"}\'\n'
             "Ctrl-C stops everything.",
             flush=True,
         )

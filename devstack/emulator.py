@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,10 @@ def find_jar() -> Path:
         try:
             out = subprocess.run(
                 [gcloud, "info", "--format=value(installation.sdk_root)"],
-                capture_output=True, text=True, timeout=60, check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
             ).stdout.strip()
             if out:
                 roots.append(Path(out))
@@ -46,6 +50,7 @@ class FirestoreEmulator:
         self.host = f"{LOOPBACK}:{self.port}"
         self._log_path = log_path
         self._rules = rules
+        self._import: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,15 +59,25 @@ class FirestoreEmulator:
 
     def start(self, timeout: float = 60.0) -> FirestoreEmulator:
         cmd = [
-            shutil.which("java") or "java", "-Duser.language=en", "-cp", str(find_jar()), MAIN_CLASS,
-            "start", f"--host={LOOPBACK}", f"--port={self.port}",
+            shutil.which("java") or "java",
+            "-Duser.language=en",
+            "-cp",
+            str(find_jar()),
+            MAIN_CLASS,
+            "start",
+            f"--host={LOOPBACK}",
+            f"--port={self.port}",
         ]
         if self._rules is not None:
             cmd.append(f"--rules={self._rules}")
+        if self._import is not None:
+            cmd.append(f"--import-data={self._import}")
         self._proc = start(cmd, env=dict(os.environ), log_path=self._log_path)
         wait_until(
             answers(self.url + "/", lambda r: r.status_code == 200 and r.text.strip() == "Ok"),
-            timeout, "Firestore emulator", self._proc,
+            timeout,
+            "Firestore emulator",
+            self._proc,
         )
         return self
 
@@ -70,6 +85,23 @@ class FirestoreEmulator:
         httpx.delete(
             f"{self.url}/emulator/v1/projects/{project}/databases/(default)/documents", timeout=10
         ).raise_for_status()
+
+    def export(self, project: str, directory: Path) -> Path:
+        """Write every document to `directory`; returns the export's metadata file."""
+        directory.mkdir(parents=True, exist_ok=True)
+        httpx.post(
+            f"{self.url}/emulator/v1/projects/{project}:export",
+            json={"database": f"projects/{project}/databases/(default)", "export_directory": str(directory)},
+            timeout=60,
+        ).raise_for_status()
+        return max(directory.glob("*/*.overall_export_metadata"), key=lambda p: p.stat().st_mtime)
+
+    def restart(self, project: str, downtime: float, export_dir: Path) -> None:
+        """Stop the emulator for `downtime` seconds and bring it back, documents and all, on its port."""
+        self._import = self.export(project, export_dir)
+        self.stop()
+        time.sleep(downtime)
+        self.start()
 
     def stop(self) -> None:
         if self._proc is not None:

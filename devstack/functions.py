@@ -15,9 +15,17 @@ FUNCTIONS = ("create_sketch", "novita_webhook")
 
 def function_command(name: str, port: int, source_root: Path = ROOT) -> list[str]:
     return [
-        sys.executable, "-m", "functions_framework",
-        "--source", str(source_root / "functions" / name / "main.py"),
-        "--target", name, "--host", LOOPBACK, "--port", str(port),
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--source",
+        str(source_root / "functions" / name / "main.py"),
+        "--target",
+        name,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
     ]
 
 
@@ -33,7 +41,9 @@ class FunctionServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> FunctionServer:
-        self._proc = start(function_command(self.name, self.port), env=self._env, log_path=self._log_path, cwd=ROOT)
+        self._proc = start(
+            function_command(self.name, self.port), env=self._env, log_path=self._log_path, cwd=ROOT
+        )
         # Any HTTP answer means the app is serving (OPTIONS is answered without Firestore).
         wait_until(answers(self.url), timeout, f"function {self.name}", self._proc)
         return self

@@ -74,8 +74,10 @@ class RetryingTransport(httpx.BaseTransport):
                 if response.status_code not in RETRY_STATUSES:
                     return response
                 hinted = retry_after_seconds(response)
-                delay = hinted if hinted is not None else backoff_delay(
-                    attempt, self._base_delay, self._max_delay
+                delay = (
+                    hinted
+                    if hinted is not None
+                    else backoff_delay(attempt, self._base_delay, self._max_delay)
                 )
                 if not self._may_retry(attempt, started, delay):
                     return response

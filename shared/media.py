@@ -81,9 +81,7 @@ class Still:
 
 def default_resolver(host: str, port: int) -> list[str]:
     """Resolve `host` with the system resolver; unique addresses, in resolver order."""
-    infos = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -128,9 +126,7 @@ def _parse_numeric_host(host: str) -> ipaddress.IPv4Address | None:
         labels.pop()
     if not _IPV4_NUMBER.fullmatch(labels[-1]):
         return None
-    invalid = MediaRejected(
-        "invalid_url", f"media host {host} is not a valid IPv4 address"
-    )
+    invalid = MediaRejected("invalid_url", f"media host {host} is not a valid IPv4 address")
     if len(labels) > 4 or not all(_IPV4_NUMBER.fullmatch(label) for label in labels):
         raise invalid
     numbers = [_parse_ipv4_number(label) for label in labels]
@@ -151,9 +147,7 @@ def _literal_address(host: str) -> IPAddress | None:
     except ValueError:
         return _parse_numeric_host(host)
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        raise MediaRejected(
-            "invalid_url", "IPv6 zone identifiers are not allowed in media URLs"
-        )
+        raise MediaRejected("invalid_url", "IPv6 zone identifiers are not allowed in media URLs")
     return address
 
 
@@ -174,11 +168,7 @@ def _is_public(address: IPAddress) -> bool:
         if address.sixtofour is not None and not _is_public(address.sixtofour):
             return False
         # ::/96 covers ::, ::1 and deprecated IPv4-compatible forms like ::7f00:1.
-        if (
-            address in _IPV4_COMPATIBLE
-            or address in _NAT64_LOCAL_USE
-            or address.is_site_local
-        ):
+        if address in _IPV4_COMPATIBLE or address in _NAT64_LOCAL_USE or address.is_site_local:
             return False
     return (
         address.is_global
@@ -191,9 +181,7 @@ def _is_public(address: IPAddress) -> bool:
     )
 
 
-def check_media_url(
-    url: str, policy: MediaPolicy, resolve: Resolver
-) -> list[IPAddress]:
+def check_media_url(url: str, policy: MediaPolicy, resolve: Resolver) -> list[IPAddress]:
     """Return the addresses a connection to `url` may use, or raise.
 
     Raises MediaRejected when the URL breaks `policy` and MediaUnavailable when
@@ -214,9 +202,7 @@ def check_media_url(
     if not parsed.raw_host:
         raise MediaRejected("missing_host", "media URL has no host")
     if parsed.userinfo:
-        raise MediaRejected(
-            "userinfo_not_allowed", "media URL must not contain credentials"
-        )
+        raise MediaRejected("userinfo_not_allowed", "media URL must not contain credentials")
     port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
     if not 0 < port < 65536:
         raise MediaRejected("invalid_url", f"media URL port {port} is out of range")
@@ -233,19 +219,13 @@ def check_media_url(
         try:
             resolved = resolve(host, port)
         except (OSError, UnicodeError) as exc:
-            raise MediaUnavailable(
-                "dns_failed", f"media host {host} could not be resolved: {exc}"
-            ) from exc
+            raise MediaUnavailable("dns_failed", f"media host {host} could not be resolved: {exc}") from exc
         if not resolved:
-            raise MediaUnavailable(
-                "dns_failed", f"media host {host} resolved to no addresses"
-            )
+            raise MediaUnavailable("dns_failed", f"media host {host} resolved to no addresses")
         try:
             addresses = [ipaddress.ip_address(a) for a in resolved]
         except ValueError as exc:
-            raise MediaRejected(
-                "address_not_public", f"media host {host} resolved to {exc}"
-            ) from exc
+            raise MediaRejected("address_not_public", f"media host {host} resolved to {exc}") from exc
 
     if policy == "public-https":
         # Every address must be public: the connection could use any of them,
@@ -261,15 +241,11 @@ def check_media_url(
 
 def _status_error(status: int) -> MediaError:
     if status in _EXPIRED_STATUSES:
-        return MediaExpired(
-            "expired", f"media URL answered {status}; it has expired or is gone"
-        )
+        return MediaExpired("expired", f"media URL answered {status}; it has expired or is gone")
     if status == 429 or status >= 500:
         return MediaUnavailable("upstream_unavailable", f"media host answered {status}")
     # The URL is left out of messages: presigned URLs carry credentials.
-    return MediaRejected(
-        "http_status", f"media host answered unexpected status {status}"
-    )
+    return MediaRejected("http_status", f"media host answered unexpected status {status}")
 
 
 def fetch_media(
@@ -298,12 +274,8 @@ def fetch_media(
         try:
             current = str(httpx.URL(current).join(location))
         except httpx.InvalidURL as exc:
-            raise MediaRejected(
-                "bad_redirect", f"media redirect target is not valid: {exc}"
-            ) from exc
-    raise MediaRejected(
-        "too_many_redirects", f"media URL redirected more than {max_redirects} times"
-    )
+            raise MediaRejected("bad_redirect", f"media redirect target is not valid: {exc}") from exc
+    raise MediaRejected("too_many_redirects", f"media URL redirected more than {max_redirects} times")
 
 
 def _fetch_once(
@@ -360,9 +332,7 @@ def _fetch_once(
     except httpx.TimeoutException as exc:
         raise MediaUnavailable("timeout", f"media download timed out: {exc!r}") from exc
     except httpx.TransportError as exc:
-        raise MediaUnavailable(
-            "network_error", f"media download failed: {exc!r}"
-        ) from exc
+        raise MediaUnavailable("network_error", f"media download failed: {exc!r}") from exc
 
 
 def _too_large(max_bytes: int) -> MediaRejected:

@@ -228,7 +228,10 @@ class NovitaClient:
                 method,
                 path,
                 outcome,
-                extra={"duration_ms": round((time.perf_counter() - started) * 1000, 1), "http_status": outcome},
+                extra={
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "http_status": outcome,
+                },
             )
 
     @staticmethod

@@ -14,6 +14,7 @@ second Kling request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -229,7 +230,10 @@ class Pipeline:
         if not claimed:
             waiting = sketch.status is Status.IMAGE_COMPLETE and sketch.video_task_id is None
             return Outcome.IN_PROGRESS if waiting else Outcome.DUPLICATE
-        log.info("image ready; chain claimed", extra={"sketch_id": sketch_id, "task_id": task_id, "status": sketch.status.value})
+        log.info(
+            "image ready; chain claimed",
+            extra={"sketch_id": sketch_id, "task_id": task_id, "status": sketch.status.value},
+        )
         self._chain(sketch, owner)
         return Outcome.APPLIED
 
@@ -278,8 +282,7 @@ class Pipeline:
                     "chain_lease_until": None,
                     "submission_unknown": "video",
                     "submission_unknown_since": now,
-                    "recovery_due_at": now
-                    + timedelta(seconds=self._settings.unknown_outcome_grace_seconds),
+                    "recovery_due_at": now + timedelta(seconds=self._settings.unknown_outcome_grace_seconds),
                 },
             )
             log.warning("image-to-video outcome unknown: %s", exc.describe(), extra={"sketch_id": sketch.id})
@@ -297,7 +300,10 @@ class Pipeline:
             }
 
         self._change(sketch.id, record)
-        log.info("image-to-video task started", extra={"sketch_id": sketch.id, "task_id": video_task_id, "status": Status.VIDEO_PENDING.value})
+        log.info(
+            "image-to-video task started",
+            extra={"sketch_id": sketch.id, "task_id": video_task_id, "status": Status.VIDEO_PENDING.value},
+        )
 
     def _fetch_still(self, sketch: Sketch, owner: str) -> Still | None:
         url = sketch.image_url
@@ -307,7 +313,10 @@ class Pipeline:
         for attempt in (1, 2):
             try:
                 data = fetch_media(
-                    url, policy=self._settings.media_url_policy, client=self._media_http, resolve=self._resolve
+                    url,
+                    policy=self._settings.media_url_policy,
+                    client=self._media_http,
+                    resolve=self._resolve,
                 )
                 return inspect_still(data)
             except MediaRejected as exc:
@@ -354,8 +363,11 @@ class Pipeline:
         self._change(sketch_id, decide)
 
     def _release(self, sketch_id: str, owner: str) -> None:
-        """Give the chain back so that the next delivery takes it up at once."""
-        try:
+        """Give the chain back so that the next delivery takes it up at once.
+
+        If Firestore is out of reach, the lease simply runs out instead.
+        """
+        with contextlib.suppress(StoreUnavailable):
             self._finish_chain(
                 sketch_id,
                 owner,
@@ -365,8 +377,6 @@ class Pipeline:
                     "recovery_due_at": self._recovery_due(utcnow()),
                 },
             )
-        except StoreUnavailable:
-            pass  # the lease then simply runs out
 
     def _apply_video(self, sketch_id: str, result: TaskResult) -> Outcome:
         task_id = result.task.task_id
@@ -432,9 +442,11 @@ class Pipeline:
                 log.warning("text-to-image never answered; submitting again", extra=extra)
                 restarted, _ = self._change(
                     s.id,
-                    lambda cur: {"submission_unknown": "image", "submission_unknown_since": now}
-                    if cur.status is Status.IMAGE_PENDING and cur.image_task_id is None
-                    else None,
+                    lambda cur: (
+                        {"submission_unknown": "image", "submission_unknown_since": now}
+                        if cur.status is Status.IMAGE_PENDING and cur.image_task_id is None
+                        else None
+                    ),
                 )
                 if restarted is not None and restarted.image_task_id is None:
                     self._submit_image(restarted, fail_when_unavailable=False)
@@ -457,7 +469,9 @@ class Pipeline:
             reason = str(exc)
             self._change(s.id, lambda cur: None if cur.status.is_final else _fail(reason))
             return
-        log.info("recovered through task-result: %s", outcome.value, extra={"sketch_id": s.id, "task_id": task_id})
+        log.info(
+            "recovered through task-result: %s", outcome.value, extra={"sketch_id": s.id, "task_id": task_id}
+        )
 
     def _unknown_outcome_expired(self, s: Sketch, now: datetime) -> bool:
         since = s.submission_unknown_since

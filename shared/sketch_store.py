@@ -110,7 +110,9 @@ class SketchStore:
             .limit(limit)
         )
         try:
-            return [Sketch.model_validate(s.to_dict()) for s in query.stream(retry=RETRY, timeout=CALL_TIMEOUT)]
+            return [
+                Sketch.model_validate(s.to_dict()) for s in query.stream(retry=RETRY, timeout=CALL_TIMEOUT)
+            ]
         except _TRANSIENT as exc:
             raise StoreUnavailable(f"Firestore did not list pending sketches: {exc}") from exc
 

@@ -43,13 +43,17 @@ def simulator() -> Iterator[NovitaSimulator]:
 
 
 def fast_simulator_config(**changes: Any) -> SimulatorConfig:
-    return SimulatorConfig(**{"image_delay": 0.2, "video_delay": 0.3, "webhook_retry_backoff": 0.2, **changes})
+    return SimulatorConfig(
+        **{"image_delay": 0.2, "video_delay": 0.3, "webhook_retry_backoff": 0.2, **changes}
+    )
 
 
 class Stack:
     """Both functions as real processes, wired to the emulator and the simulator."""
 
-    def __init__(self, emulator: FirestoreEmulator, simulator: NovitaSimulator, env: dict[str, str], name: str) -> None:
+    def __init__(
+        self, emulator: FirestoreEmulator, simulator: NovitaSimulator, env: dict[str, str], name: str
+    ) -> None:
         self.emulator = emulator
         self.simulator = simulator
         webhook_port = free_port()
@@ -63,7 +67,9 @@ class Stack:
             "MEDIA_URL_POLICY": "any",
             **env,
         }
-        self.webhook = FunctionServer("novita_webhook", self.env, LOG_DIR / f"{name}-novita_webhook.log", port=webhook_port)
+        self.webhook = FunctionServer(
+            "novita_webhook", self.env, LOG_DIR / f"{name}-novita_webhook.log", port=webhook_port
+        )
         self.create = FunctionServer("create_sketch", self.env, LOG_DIR / f"{name}-create_sketch.log")
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
         self.db = firestore.Client(project=PROJECT)

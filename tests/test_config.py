@@ -59,11 +59,30 @@ def test_secrets_do_not_show_in_the_settings_repr() -> None:
 
 @pytest.mark.parametrize("function", ["create_sketch", "novita_webhook"])
 def test_function_without_its_variables_stops_at_start_with_one_clear_line(function: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **{k: v for k, v in BASE.items() if k != "WEBHOOK_SECRET"}}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        **{k: v for k, v in BASE.items() if k != "WEBHOOK_SECRET"},
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "functions_framework", "--source", str(ROOT / "functions" / function / "main.py"),
-         "--target", function, "--host", "127.0.0.1", "--port", "1"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--source",
+            str(ROOT / "functions" / function / "main.py"),
+            "--target",
+            function,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert proc.returncode != 0

@@ -69,7 +69,9 @@ def test_invalid_body_is_refused_naming_the_field_and_changes_nothing(
 
 
 @pytest.mark.parametrize(
-    "raw", [b"{not json", b"[1, 2]", b'"a string"', b"", b"\xff\xfe\x00"], ids=["broken", "array", "string", "empty", "bytes"]
+    "raw",
+    [b"{not json", b"[1, 2]", b'"a string"', b"", b"\xff\xfe\x00"],
+    ids=["broken", "array", "string", "empty", "bytes"],
 )
 def test_body_that_is_not_a_json_object_is_refused(stack: Stack, raw: bytes) -> None:
     response = stack.http.post(stack.create.url, content=raw, headers={"Content-Type": "application/json"})
@@ -149,9 +151,25 @@ def test_get_returns_the_sketch_and_404_for_an_unknown_id(stack: Stack) -> None:
     assert found.status_code == 200
     assert found.json()["id"] == created["id"]
     assert set(found.json()) >= {
-        "id", "status", "prompt", "negative_prompt", "video_prompt", "width", "height", "duration",
-        "seed", "image_task_id", "video_task_id", "image_url", "image_url_expires_at", "video_url",
-        "video_url_expires_at", "error_message", "created_at", "updated_at", "completed_at",
+        "id",
+        "status",
+        "prompt",
+        "negative_prompt",
+        "video_prompt",
+        "width",
+        "height",
+        "duration",
+        "seed",
+        "image_task_id",
+        "video_task_id",
+        "image_url",
+        "image_url_expires_at",
+        "video_url",
+        "video_url_expires_at",
+        "error_message",
+        "created_at",
+        "updated_at",
+        "completed_at",
     }
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"

@@ -30,13 +30,20 @@ def client_with(handler: Handler, **env: str) -> tuple[NovitaClient, list[httpx.
         requests.append(request)
         return handler(request)
 
-    client = NovitaClient(settings_from({**ENV, **env}), transport=httpx.MockTransport(record), sleep=sleeps.append)
+    client = NovitaClient(
+        settings_from({**ENV, **env}), transport=httpx.MockTransport(record), sleep=sleeps.append
+    )
     return client, requests, sleeps
 
 
 def start_image(client: NovitaClient) -> str:
     return client.start_text_to_image(
-        prompt="p", negative_prompt="n", width=720, height=1280, seed=-1, webhook_url="https://hooks.test/?sketch=a"
+        prompt="p",
+        negative_prompt="n",
+        width=720,
+        height=1280,
+        seed=-1,
+        webhook_url="https://hooks.test/?sketch=a",
     )
 
 
@@ -47,10 +54,21 @@ def test_text_to_image_sends_the_nested_body_novita_requires() -> None:
     body = json.loads(requests[0].content)
     assert requests[0].url.path == "/v3/async/txt2img"
     assert requests[0].headers["Authorization"] == "Bearer key-1"
-    assert body["extra"] == {"response_image_type": "jpeg", "webhook": {"url": "https://hooks.test/?sketch=a"}}
+    assert body["extra"] == {
+        "response_image_type": "jpeg",
+        "webhook": {"url": "https://hooks.test/?sketch=a"},
+    }
     assert body["request"] == {
-        "model_name": "seedream_3_0", "prompt": "p", "negative_prompt": "n", "width": 720, "height": 1280,
-        "image_num": 1, "steps": 20, "guidance_scale": 7.5, "sampler_name": "Euler a", "seed": -1,
+        "model_name": "seedream_3_0",
+        "prompt": "p",
+        "negative_prompt": "n",
+        "width": 720,
+        "height": 1280,
+        "image_num": 1,
+        "steps": 20,
+        "guidance_scale": 7.5,
+        "sampler_name": "Euler a",
+        "seed": -1,
     }
 
 
@@ -62,7 +80,10 @@ def test_test_mode_and_model_come_from_configuration() -> None:
     )
     start_image(client)
     body = json.loads(requests[0].content)
-    assert body["extra"]["webhook"]["test_mode"] == {"enabled": True, "return_task_status": "TASK_STATUS_FAILED"}
+    assert body["extra"]["webhook"]["test_mode"] == {
+        "enabled": True,
+        "return_task_status": "TASK_STATUS_FAILED",
+    }
     assert body["request"]["model_name"] == "sd_xl_base_1.0.safetensors"
 
 
@@ -70,8 +91,13 @@ def test_image_to_video_is_multipart_with_the_still_as_a_file() -> None:
     client, requests, _ = client_with(lambda r: httpx.Response(200, json={"task_id": "v-1"}))
 
     task_id = client.start_image_to_video(
-        image=b"\xff\xd8\xffjpeg-bytes", image_filename="still.jpg", image_mime="image/jpeg",
-        prompt="zoom", negative_prompt="blur", duration=10, webhook_url="https://hooks.test/?stage=video",
+        image=b"\xff\xd8\xffjpeg-bytes",
+        image_filename="still.jpg",
+        image_mime="image/jpeg",
+        prompt="zoom",
+        negative_prompt="blur",
+        duration=10,
+        webhook_url="https://hooks.test/?stage=video",
     )
 
     assert task_id == "v-1"
@@ -92,15 +118,22 @@ def test_refusal_carries_novitas_code_reason_and_message() -> None:
     with pytest.raises(NovitaRejected) as caught:
         start_image(client)
     assert (caught.value.status_code, caught.value.code, caught.value.reason, caught.value.message) == (
-        400, 400, "INVALID_REQUEST_BODY", "bad",
+        400,
+        400,
+        "INVALID_REQUEST_BODY",
+        "bad",
     )
     assert caught.value.describe() == "Novita 400 INVALID_REQUEST_BODY: bad"
     assert len(requests) == 1
 
 
 def test_429_is_retried_after_retry_after_and_then_succeeds() -> None:
-    answers = iter([httpx.Response(429, headers={"Retry-After": "2"}, json={"reason": "RATE_LIMIT_EXCEEDED"}),
-                    httpx.Response(200, json={"task_id": "t"})])
+    answers = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "2"}, json={"reason": "RATE_LIMIT_EXCEEDED"}),
+            httpx.Response(200, json={"task_id": "t"}),
+        ]
+    )
     client, requests, sleeps = client_with(lambda r: next(answers))
 
     assert start_image(client) == "t"
@@ -108,7 +141,9 @@ def test_429_is_retried_after_retry_after_and_then_succeeds() -> None:
 
 
 def test_5xx_on_a_post_is_never_resent() -> None:
-    client, requests, _ = client_with(lambda r: httpx.Response(500, json={"reason": "INTERNAL_ERROR", "message": "x"}))
+    client, requests, _ = client_with(
+        lambda r: httpx.Response(500, json={"reason": "INTERNAL_ERROR", "message": "x"})
+    )
     with pytest.raises(NovitaUnavailable):
         start_image(client)
     assert len(requests) == 1
@@ -125,7 +160,9 @@ def test_connection_refused_is_retried_a_bounded_number_of_times() -> None:
 
 
 @pytest.mark.parametrize("fault", [httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError])
-def test_no_answer_after_sending_is_an_unknown_outcome_and_not_resent(fault: type[httpx.TransportError]) -> None:
+def test_no_answer_after_sending_is_an_unknown_outcome_and_not_resent(
+    fault: type[httpx.TransportError],
+) -> None:
     def drop(request: httpx.Request) -> httpx.Response:
         raise fault("gone", request=request)
 
@@ -142,9 +179,19 @@ def test_200_without_a_task_id_is_an_unknown_outcome() -> None:
 
 
 def test_task_result_retries_503_and_504_then_reads_the_result() -> None:
-    answers = iter([httpx.Response(503), httpx.Response(504),
-                    httpx.Response(200, json={"task": {"task_id": "t", "status": "TASK_STATUS_SUCCEED"},
-                                              "images": [{"image_url": "https://cdn.test/i.jpg", "image_url_ttl": "10"}]})])
+    answers = iter(
+        [
+            httpx.Response(503),
+            httpx.Response(504),
+            httpx.Response(
+                200,
+                json={
+                    "task": {"task_id": "t", "status": "TASK_STATUS_SUCCEED"},
+                    "images": [{"image_url": "https://cdn.test/i.jpg", "image_url_ttl": "10"}],
+                },
+            ),
+        ]
+    )
     client, requests, sleeps = client_with(lambda r: next(answers))
 
     result = client.task_result("t")
@@ -162,7 +209,9 @@ def test_task_result_gives_up_within_its_attempts() -> None:
 
 
 def test_task_result_does_not_retry_a_404() -> None:
-    client, requests, _ = client_with(lambda r: httpx.Response(404, json={"reason": "TASK_NOT_FOUND", "message": "no"}))
+    client, requests, _ = client_with(
+        lambda r: httpx.Response(404, json={"reason": "TASK_NOT_FOUND", "message": "no"})
+    )
     with pytest.raises(NovitaRejected):
         client.task_result("t")
     assert len(requests) == 1

@@ -13,8 +13,13 @@ IMAGE = {"image_url": "https://cdn.test/a.jpg", "image_type": "jpeg"}
 @pytest.mark.parametrize("ttl", [3600, "3600", " 3600 ", 3600.0])
 def test_guide_layout_with_any_ttl_form(ttl: object) -> None:
     result = WebhookEvent.model_validate(
-        {"event_type": "ASYNC_TASK_RESULT",
-         "payload": {"task": {"task_id": "t", "status": "TASK_STATUS_SUCCEED"}, "extra": {"images": [{**IMAGE, "image_url_ttl": ttl}]}}}
+        {
+            "event_type": "ASYNC_TASK_RESULT",
+            "payload": {
+                "task": {"task_id": "t", "status": "TASK_STATUS_SUCCEED"},
+                "extra": {"images": [{**IMAGE, "image_url_ttl": ttl}]},
+            },
+        }
     ).task_result()
 
     assert result.succeeded and result.images[0].image_url_ttl == 3600
@@ -22,9 +27,17 @@ def test_guide_layout_with_any_ttl_form(ttl: object) -> None:
 
 def test_reference_layout_and_extra_fields() -> None:
     result = TaskResult.model_validate(
-        {"task": {"task_id": "t", "status": "TASK_STATUS_SUCCEED", "task_type": "KLING", "eta": 0, "progress_percent": 100},
-         "videos": [{"video_url": "https://cdn.test/v.mp4", "video_url_ttl": "60", "duration": 5.0}],
-         "extra": {"seed": 3}}
+        {
+            "task": {
+                "task_id": "t",
+                "status": "TASK_STATUS_SUCCEED",
+                "task_type": "KLING",
+                "eta": 0,
+                "progress_percent": 100,
+            },
+            "videos": [{"video_url": "https://cdn.test/v.mp4", "video_url_ttl": "60", "duration": 5.0}],
+            "extra": {"seed": 3},
+        }
     )
 
     assert result.videos[0].video_url_ttl == 60 and not result.images
@@ -37,8 +50,15 @@ def test_unknown_status_is_kept_and_not_final() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [None, 5, {}, {"task": {}}, {"task": {"task_id": "", "status": "x"}}, {"task": {"task_id": "t"}},
-     {"task": {"task_id": "t", "status": "s"}, "images": [{"image_type": "jpeg"}]}],
+    [
+        None,
+        5,
+        {},
+        {"task": {}},
+        {"task": {"task_id": "", "status": "x"}},
+        {"task": {"task_id": "t"}},
+        {"task": {"task_id": "t", "status": "s"}, "images": [{"image_type": "jpeg"}]},
+    ],
 )
 def test_malformed_payloads_are_refused(payload: object) -> None:
     with pytest.raises(ValidationError):

@@ -21,7 +21,9 @@ def create(stack: Stack, **fields: Any) -> dict[str, Any]:
     return response.json()
 
 
-def deliver(stack: Stack, sketch_id: str, body: Any, *, token: str | None = "valid", stage: str = "image") -> httpx.Response:
+def deliver(
+    stack: Stack, sketch_id: str, body: Any, *, token: str | None = "valid", stage: str = "image"
+) -> httpx.Response:
     url = webhook_url(stack.webhook.url, WEBHOOK_SECRET, sketch_id, stage)  # type: ignore[arg-type]
     if token != "valid":
         url = url.split("&token=")[0] + (f"&token={token}" if token is not None else "")
@@ -29,7 +31,10 @@ def deliver(stack: Stack, sketch_id: str, body: Any, *, token: str | None = "val
 
 
 def result_event(task_id: str, status: str = "TASK_STATUS_SUCCEED", **payload: Any) -> dict[str, Any]:
-    return {"event_type": "ASYNC_TASK_RESULT", "payload": {"task": {"task_id": task_id, "status": status}, **payload}}
+    return {
+        "event_type": "ASYNC_TASK_RESULT",
+        "payload": {"task": {"task_id": task_id, "status": status}, **payload},
+    }
 
 
 def assert_real_mp4(url: str) -> None:
@@ -83,13 +88,19 @@ def test_five_sequential_duplicates_change_nothing_after_the_first(stack: Stack)
     assert stack.stored(sketch["id"]) == done
 
 
-@pytest.mark.parametrize("token", [None, "", "forged-token", "A" * 43], ids=["none", "empty", "forged", "shaped"])
-def test_webhook_without_a_valid_token_is_refused_and_changes_nothing(stack: Stack, token: str | None) -> None:
+@pytest.mark.parametrize(
+    "token", [None, "", "forged-token", "A" * 43], ids=["none", "empty", "forged", "shaped"]
+)
+def test_webhook_without_a_valid_token_is_refused_and_changes_nothing(
+    stack: Stack, token: str | None
+) -> None:
     stack.simulator.configure(drop_webhooks=True)
     sketch = create(stack)
     before = stack.stored(sketch["id"])
 
-    response = deliver(stack, sketch["id"], result_event(sketch["image_task_id"], "TASK_STATUS_FAILED"), token=token)
+    response = deliver(
+        stack, sketch["id"], result_event(sketch["image_task_id"], "TASK_STATUS_FAILED"), token=token
+    )
 
     assert response.status_code == 401
     assert stack.stored(sketch["id"]) == before
@@ -101,7 +112,9 @@ def test_token_of_another_sketch_is_refused(stack: Stack) -> None:
     other_url = webhook_url(stack.webhook.url, WEBHOOK_SECRET, other["id"], "image")
     token = other_url.split("token=")[1]
 
-    response = deliver(stack, mine["id"], result_event(mine["image_task_id"], "TASK_STATUS_FAILED"), token=token)
+    response = deliver(
+        stack, mine["id"], result_event(mine["image_task_id"], "TASK_STATUS_FAILED"), token=token
+    )
 
     assert response.status_code == 401
     assert stack.stored(mine["id"]).status.value == "image_pending"  # type: ignore[union-attr]
@@ -112,9 +125,14 @@ def test_result_for_a_foreign_or_stale_task_is_ignored(stack: Stack) -> None:
     sketch = create(stack)
     before = stack.stored(sketch["id"])
 
-    foreign = deliver(stack, sketch["id"], result_event(str(uuid.uuid4()), "TASK_STATUS_FAILED", reason="nope"))
+    foreign = deliver(
+        stack, sketch["id"], result_event(str(uuid.uuid4()), "TASK_STATUS_FAILED", reason="nope")
+    )
     foreign_video = deliver(
-        stack, sketch["id"], result_event(str(uuid.uuid4()), videos=[{"video_url": "http://127.0.0.1:9/x.mp4"}]), stage="video"
+        stack,
+        sketch["id"],
+        result_event(str(uuid.uuid4()), videos=[{"video_url": "http://127.0.0.1:9/x.mp4"}]),
+        stage="video",
     )
 
     assert foreign.status_code == 200 and foreign.json()["outcome"] == "ignored"
@@ -126,7 +144,9 @@ def test_result_after_completion_is_ignored(stack: Stack) -> None:
     sketch = create(stack)
     done = stack.wait_for_status(sketch["id"], "complete")
 
-    late = deliver(stack, sketch["id"], result_event(sketch["image_task_id"], "TASK_STATUS_FAILED", reason="late"))
+    late = deliver(
+        stack, sketch["id"], result_event(sketch["image_task_id"], "TASK_STATUS_FAILED", reason="late")
+    )
 
     assert late.status_code == 200
     assert stack.stored(sketch["id"]) == done
@@ -149,7 +169,10 @@ def test_failure_without_a_reason_gets_a_clear_default(stack: Stack) -> None:
     response = deliver(stack, sketch["id"], result_event(sketch["image_task_id"], "TASK_STATUS_FAILED"))
 
     assert response.status_code == 200
-    assert stack.stored(sketch["id"]).error_message == "Novita could not make the image (text-to-image task failed)"  # type: ignore[union-attr]
+    assert (
+        stack.stored(sketch["id"]).error_message
+        == "Novita could not make the image (text-to-image task failed)"
+    )  # type: ignore[union-attr]
 
 
 def test_video_failure_fails_the_sketch_with_the_reason(stack: Stack) -> None:
@@ -244,7 +267,14 @@ def test_other_event_types_are_acknowledged_and_change_nothing(stack: Stack) -> 
     sketch = create(stack)
     before = stack.stored(sketch["id"])
 
-    response = deliver(stack, sketch["id"], {"event_type": "TASK_PROGRESS", "payload": {"task": {"task_id": sketch["image_task_id"], "status": "TASK_STATUS_FAILED"}}})
+    response = deliver(
+        stack,
+        sketch["id"],
+        {
+            "event_type": "TASK_PROGRESS",
+            "payload": {"task": {"task_id": sketch["image_task_id"], "status": "TASK_STATUS_FAILED"}},
+        },
+    )
 
     assert response.status_code == 200
     assert stack.stored(sketch["id"]) == before
@@ -252,7 +282,13 @@ def test_other_event_types_are_acknowledged_and_change_nothing(stack: Stack) -> 
 
 @pytest.mark.parametrize(
     "body",
-    [b"{", b"[]", b'{"event_type": "ASYNC_TASK_RESULT"}', b'{"event_type": "ASYNC_TASK_RESULT", "payload": {"task": {}}}', b'{"payload": 1}'],
+    [
+        b"{",
+        b"[]",
+        b'{"event_type": "ASYNC_TASK_RESULT"}',
+        b'{"event_type": "ASYNC_TASK_RESULT", "payload": {"task": {}}}',
+        b'{"payload": 1}',
+    ],
     ids=["broken", "array", "no-payload", "empty-task", "no-event-type"],
 )
 def test_bad_body_with_a_valid_token_is_a_4xx_and_changes_nothing(stack: Stack, body: bytes) -> None:

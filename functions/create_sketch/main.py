@@ -116,4 +116,3 @@ def _validation_error(exc: ValidationError) -> flask.Response:
     else:
         message = f"{field}: {first['msg']}"
     return error_response(400, "invalid_field", message, field=field)
-

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
 
 import flask
 import functions_framework
@@ -21,8 +20,8 @@ from shared.http_api import (
 )
 from shared.novita_models import ASYNC_TASK_RESULT, WebhookEvent
 from shared.pipeline import MalformedResult, RetryLater
+from shared.recovery import sweep
 from shared.runtime import get_runtime, load_settings_or_exit
-from shared.sketch import utcnow
 from shared.sketch_store import StoreUnavailable
 from shared.webhook_tokens import (
     SKETCH_PARAM,
@@ -38,8 +37,6 @@ log = logging.getLogger("novita_webhook")
 settings = load_settings_or_exit()
 
 MAX_BODY_BYTES = 1024 * 1024
-SWEEP_BATCH = 50
-SWEEP_SECONDS = 40.0
 
 
 @functions_framework.http
@@ -88,13 +85,16 @@ def novita_webhook(request: flask.Request) -> flask.Response:
 
 def _sweep(request: flask.Request) -> flask.Response:
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    bearer = presented.strip() if scheme.lower() == "bearer" else None
     try:
-        verify(sweep_token(settings.webhook_secret.get_secret_value()), presented.strip() if scheme.lower() == "bearer" else None)
+        verify(sweep_token(settings.webhook_secret.get_secret_value()), bearer)
     except InvalidToken:
         return error_response(401, "unauthenticated", "missing or invalid sweep token")
     try:
-        report = get_runtime().pipeline.sweep(limit=SWEEP_BATCH, deadline=utcnow() + timedelta(seconds=SWEEP_SECONDS))
+        report = sweep()
     except StoreUnavailable as exc:
         return error_response(503, "store_unavailable", str(exc))
     log.info("sweep finished", extra={"examined": report.examined, "changed": report.changed})
-    return json_response(200, {"examined": report.examined, "changed": report.changed, "errors": report.errors})
+    return json_response(
+        200, {"examined": report.examined, "changed": report.changed, "errors": report.errors}
+    )
