@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
+from devstack.processes import LOOPBACK, answers, free_port, kill, start, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ("create_sketch", "novita_webhook")
@@ -51,6 +51,11 @@ class FunctionServer:
     def stop(self) -> None:
         if self._proc is not None:
             stop(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        if self._proc is not None:
+            kill(self._proc)
             self._proc = None
 
     @property

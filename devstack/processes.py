@@ -70,3 +70,10 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout)
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group at once, as a crash or an evicted instance would end."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)

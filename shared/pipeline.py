@@ -9,7 +9,9 @@ The image-to-video chain (download the still, send it to Kling) is claimed by a 
 the move to `image_complete`. A duplicate delivery that finds a live lease answers at once and
 sends nothing. Only when the lease has expired, because the process holding it died, may a later
 delivery, poll or sweep take the chain up again; that is the one way a sketch can ever cause a
-second Kling request.
+second Kling request. A request whose answer was lost (sent, but no reply) is never sent again:
+its own webhook, which names the sketch, is adopted when it comes, and the sketch fails with a
+clear reason if nothing comes within the grace period.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class Pipeline:
         log.info("sketch created", extra={"sketch_id": sketch.id, "status": sketch.status.value})
         return self._submit_image(sketch)
 
-    def _submit_image(self, sketch: Sketch, *, fail_when_unavailable: bool = True) -> Sketch:
+    def _submit_image(self, sketch: Sketch) -> Sketch:
         try:
             task_id = self._novita.start_text_to_image(
                 prompt=sketch.prompt,
@@ -145,8 +147,6 @@ class Pipeline:
                 webhook_url=self._webhook_url(sketch.id, "image"),
             )
         except (NovitaRejected, NovitaUnavailable) as exc:
-            if isinstance(exc, NovitaUnavailable) and not fail_when_unavailable:
-                raise RetryLater(f"text-to-image could not be started: {exc.describe()}") from exc
             raise StartFailed(self._fail_unanswered(sketch.id, exc) or sketch, exc) from exc
         except NovitaOutcomeUnknown as exc:
             log.warning("text-to-image outcome unknown: %s", exc.describe(), extra={"sketch_id": sketch.id})
@@ -242,13 +242,8 @@ class Pipeline:
             return s.image_task_id in (None, task_id)
         if s.status is not Status.IMAGE_COMPLETE or s.image_task_id != task_id or s.video_task_id:
             return False
-        if s.lease_is_live(now):
-            return False
-        if s.submission_unknown == "video" and s.submission_unknown_since is not None:
-            # Kling may have accepted the last request; wait for its webhook before paying again.
-            grace = timedelta(seconds=self._settings.unknown_outcome_grace_seconds)
-            return s.submission_unknown_since + grace <= now
-        return True
+        # A request whose outcome is unknown may have started a paid task: never send it again.
+        return not s.lease_is_live(now) and s.submission_unknown is None
 
     def _chain(self, sketch: Sketch, owner: str) -> None:
         """Download the still and start Kling on it, holding the lease `owner`."""
@@ -431,35 +426,42 @@ class Pipeline:
             return claimed_sketch or sketch
         try:
             self._recover(claimed_sketch, now)
-        except (NovitaError, RetryLater, MalformedResult, StartFailed) as exc:
+        except (NovitaError, RetryLater, MalformedResult) as exc:
             log.warning("recovery did not finish: %s", exc, extra={"sketch_id": sketch.id})
         return self._store.get(sketch.id) or claimed_sketch
 
     def _recover(self, s: Sketch, now: datetime) -> None:
-        extra = {"sketch_id": s.id, "status": s.status.value}
-        if s.status is Status.IMAGE_PENDING and s.image_task_id is None:
+        if s.submission_unknown is not None:
             if self._unknown_outcome_expired(s, now):
-                log.warning("text-to-image never answered; submitting again", extra=extra)
-                restarted, _ = self._change(
-                    s.id,
-                    lambda cur: (
-                        {"submission_unknown": "image", "submission_unknown_since": now}
-                        if cur.status is Status.IMAGE_PENDING and cur.image_task_id is None
-                        else None
-                    ),
-                )
-                if restarted is not None and restarted.image_task_id is None:
-                    self._submit_image(restarted, fail_when_unavailable=False)
+                self._give_up_unknown(s)
             return
         if s.status is Status.IMAGE_COMPLETE:
-            if s.video_task_id is None and self._may_chain(s, s.image_task_id or "", now):
-                log.warning("taking up an abandoned image-to-video chain", extra=extra)
-                assert s.image_task_id is not None
+            if s.image_task_id is not None and self._may_chain(s, s.image_task_id, now):
+                log.warning("taking up an abandoned image-to-video chain", extra={"sketch_id": s.id})
                 self._apply_recovered(s, s.image_task_id, "image")
             return
         task_id = s.current_task_id
         if task_id is not None:
             self._apply_recovered(s, task_id, "image" if s.status is Status.IMAGE_PENDING else "video")
+
+    def _give_up_unknown(self, s: Sketch) -> None:
+        """Fail a sketch whose unconfirmed request brought no result within the grace period.
+
+        Sending it again might pay for a second task, so it is not sent again.
+        """
+        stage = s.submission_unknown
+        what = "text-to-image" if stage == "image" else "image-to-video"
+        grace = self._settings.unknown_outcome_grace_seconds
+        reason = (
+            f"Novita did not confirm the {what} request and no result arrived within {grace:.0f} s; "
+            "it was not sent again, so that it is not paid for twice"
+        )
+
+        def fail(cur: Sketch) -> Changes | None:
+            return _fail(reason) if cur.submission_unknown == stage and not cur.status.is_final else None
+
+        self._change(s.id, fail)
+        log.warning("gave up on an unconfirmed %s request", what, extra={"sketch_id": s.id})
 
     def _apply_recovered(self, s: Sketch, task_id: str, stage: Stage) -> None:
         result = self._novita.task_result(task_id)

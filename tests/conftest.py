@@ -18,6 +18,7 @@ from devstack.functions import FunctionServer
 from devstack.processes import free_port
 from novita_simulator import NovitaSimulator, SimulatorConfig
 from shared.sketch import Sketch
+from shared.webhook_tokens import Stage, webhook_url
 
 PROJECT = "sketch-machine-test"
 API_KEY = "test-novita-key"
@@ -90,6 +91,32 @@ class Stack:
     def post_sketch(self, body: Any, **kwargs: Any) -> httpx.Response:
         return self.http.post(self.create.url, json=body, **kwargs)
 
+    def create_sketch(self, **fields: Any) -> dict[str, Any]:
+        response = self.post_sketch({"prompt": "a walrus giving a TED talk about spoons", **fields})
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
+    def webhook_url(self, sketch_id: str, stage: Stage = "image") -> str:
+        return webhook_url(self.webhook.url, WEBHOOK_SECRET, sketch_id, stage)
+
+    def deliver(self, sketch_id: str, event: Any, *, stage: Stage = "image") -> httpx.Response:
+        """POST `event` to the sketch's registered webhook URL, as Novita would."""
+        return self.http.post(self.webhook_url(sketch_id, stage), json=event)
+
+    def finished_event(self, task_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        """The simulator's task-result for a finished task, wrapped as a webhook event."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            payload = self.http.get(
+                f"{self.simulator.base_url}/v3/async/task-result",
+                params={"task_id": task_id},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            ).json()
+            if payload["task"]["status"] in ("TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"):
+                return {"event_type": "ASYNC_TASK_RESULT", "payload": payload}
+            time.sleep(0.05)
+        raise AssertionError(f"task {task_id} did not finish in {timeout} s")
+
     def get_sketch(self, sketch_id: str) -> httpx.Response:
         return self.http.get(self.create.url, params={"id": sketch_id})
 
@@ -151,3 +178,21 @@ def stack(default_stack: Stack) -> Iterator[Stack]:
     _clean(default_stack.emulator, default_stack.simulator)
     yield default_stack
     default_stack.simulator.wait_idle(10)
+
+
+@pytest.fixture(scope="session")
+def quick_recovery_stack(stack_factory: Callable[..., Stack]) -> Stack:
+    """A stack whose recovery runs on a short clock: checks every 0.5 s, 2 s leases, 3 s grace."""
+    return stack_factory(
+        "recovery",
+        RECOVERY_INTERVAL_SECONDS="0.5",
+        CHAIN_LEASE_SECONDS="2",
+        UNKNOWN_OUTCOME_GRACE_SECONDS="3",
+    )
+
+
+@pytest.fixture
+def recovery_stack(quick_recovery_stack: Stack) -> Iterator[Stack]:
+    _clean(quick_recovery_stack.emulator, quick_recovery_stack.simulator)
+    yield quick_recovery_stack
+    quick_recovery_stack.simulator.wait_idle(10)

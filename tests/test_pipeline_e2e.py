@@ -8,23 +8,18 @@ from typing import Any
 import av
 import httpx
 import pytest
-from conftest import WEBHOOK_SECRET, Stack
-
-from shared.webhook_tokens import webhook_url
-
-PROMPT = {"prompt": "a walrus giving a TED talk about spoons"}
+from conftest import Stack
 
 
 def create(stack: Stack, **fields: Any) -> dict[str, Any]:
-    response = stack.post_sketch({**PROMPT, **fields})
-    assert response.status_code == 202, response.text
-    return response.json()
+    return stack.create_sketch(**fields)
 
 
 def deliver(
     stack: Stack, sketch_id: str, body: Any, *, token: str | None = "valid", stage: str = "image"
 ) -> httpx.Response:
-    url = webhook_url(stack.webhook.url, WEBHOOK_SECRET, sketch_id, stage)  # type: ignore[arg-type]
+    """POST to the sketch's webhook URL, with its own token or with `token` in its place."""
+    url = stack.webhook_url(sketch_id, stage)  # type: ignore[arg-type]
     if token != "valid":
         url = url.split("&token=")[0] + (f"&token={token}" if token is not None else "")
     return stack.http.post(url, json=body)
@@ -109,7 +104,7 @@ def test_webhook_without_a_valid_token_is_refused_and_changes_nothing(
 def test_token_of_another_sketch_is_refused(stack: Stack) -> None:
     stack.simulator.configure(drop_webhooks=True)
     mine, other = create(stack), create(stack)
-    other_url = webhook_url(stack.webhook.url, WEBHOOK_SECRET, other["id"], "image")
+    other_url = stack.webhook_url(other["id"])
     token = other_url.split("token=")[1]
 
     response = deliver(
@@ -211,24 +206,10 @@ def test_kling_5xx_answers_503_keeps_the_sketch_and_the_next_delivery_completes_
     assert done.error_message is None
 
 
-def finished_image_result(stack: Stack, task_id: str) -> dict[str, Any]:
-    """The simulator's task-result for a finished image task, as a webhook payload."""
-    for _ in range(100):
-        payload = httpx.get(
-            f"{stack.simulator.base_url}/v3/async/task-result",
-            params={"task_id": task_id},
-            headers={"Authorization": f"Bearer {stack.env['NOVITA_API_KEY']}"},
-        ).json()
-        if payload["task"]["status"] == "TASK_STATUS_SUCCEED":
-            return {"event_type": "ASYNC_TASK_RESULT", "payload": payload}
-        stack.simulator.wait_idle(0.1)
-    raise AssertionError("the image task did not finish")
-
-
 def test_kling_5xx_leaves_the_sketch_waiting_not_failed(stack: Stack) -> None:
     stack.simulator.configure(http_errors={"kling": [500]}, drop_webhooks=True)
     sketch = create(stack)
-    event = finished_image_result(stack, sketch["image_task_id"])
+    event = stack.finished_event(sketch["image_task_id"])
 
     first = deliver(stack, sketch["id"], event)
     waiting = stack.stored(sketch["id"])
@@ -295,7 +276,7 @@ def test_bad_body_with_a_valid_token_is_a_4xx_and_changes_nothing(stack: Stack, 
     stack.simulator.configure(drop_webhooks=True)
     sketch = create(stack)
     before = stack.stored(sketch["id"])
-    url = webhook_url(stack.webhook.url, WEBHOOK_SECRET, sketch["id"], "image")
+    url = stack.webhook_url(sketch["id"])
 
     response = stack.http.post(url, content=body, headers={"Content-Type": "application/json"})
 
