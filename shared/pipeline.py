@@ -25,6 +25,7 @@ from enum import StrEnum
 
 import httpx
 
+from shared import logs
 from shared.config import Settings
 from shared.media import (
     MediaExpired,
@@ -123,6 +124,7 @@ class Pipeline:
         """
         now = utcnow()
         sketch = Sketch.new(uuid.uuid4().hex, request, now, user_id)
+        logs.bind_sketch(sketch.id)
         # Until Novita answers, the submission's outcome is unknown; recovery resolves it if the
         # process dies before the answer is recorded.
         sketch = sketch.model_copy(
@@ -174,6 +176,7 @@ class Pipeline:
 
     def apply(self, sketch_id: str, result: TaskResult, stage_hint: Stage | None) -> Outcome:
         """Apply a task result to the sketch it was registered for (webhook and recovery alike)."""
+        logs.bind_sketch(sketch_id)
         task_id = result.task.task_id
         extra = {"sketch_id": sketch_id, "task_id": task_id, "task_status": result.task.status}
         if not result.is_final:
@@ -412,6 +415,7 @@ class Pipeline:
         However many callers refresh one sketch at once, only the one that moves its
         `recovery_due_at` forward asks Novita.
         """
+        logs.bind_sketch(sketch.id)
         now = utcnow()
         due = sketch.recovery_due_at
         if sketch.status.is_final or due is None or due > now:

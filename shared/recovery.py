@@ -1,8 +1,8 @@
 """The recovery sweep: finish sketches whose webhooks never came, by asking task-result.
 
 Runs as a command (`python -m shared.recovery`) and behind `novita_webhook?action=sweep`, which
-Cloud Scheduler calls with `Authorization: Bearer <sweep token>` (`python -m shared.recovery
-token` prints it, from WEBHOOK_SECRET).
+Cloud Scheduler calls with `Authorization: Bearer <sweep token>` (`python3 -m
+shared.webhook_tokens sweep-token` prints it, from WEBHOOK_SECRET).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from datetime import timedelta
 from shared.pipeline import SweepReport
 from shared.runtime import get_runtime, load_settings_or_exit
 from shared.sketch import utcnow
-from shared.webhook_tokens import sweep_token
 
 DEFAULT_BATCH = 50
 DEFAULT_SECONDS = 40.0
@@ -27,14 +26,10 @@ def sweep(limit: int = DEFAULT_BATCH, seconds: float = DEFAULT_SECONDS) -> Sweep
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.recovery", description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", nargs="?", choices=("sweep", "token"), default="sweep")
     parser.add_argument("--limit", type=int, default=DEFAULT_BATCH, help="sketches per run at most")
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="time budget of a run")
     args = parser.parse_args(argv)
-    settings = load_settings_or_exit()
-    if args.action == "token":
-        print(sweep_token(settings.webhook_secret.get_secret_value()))
-        return 0
+    load_settings_or_exit()
     report = sweep(args.limit, args.seconds)
     print(json.dumps({"examined": report.examined, "changed": report.changed, "errors": report.errors}))
     return 1 if report.errors else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -17,6 +18,8 @@ from shared.novita_client import NovitaClient
 from shared.pipeline import Pipeline
 from shared.sketch_store import SketchStore
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -31,6 +34,8 @@ def load_settings_or_exit() -> Settings:
     try:
         return get_settings()
     except ConfigError as exc:
+        # One structured line for Cloud Logging, one plain line on stderr for a terminal.
+        log.critical("configuration error: %s", exc)
         sys.exit(f"configuration error: {exc}")
 
 

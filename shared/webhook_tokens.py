@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
+import sys
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -58,3 +60,20 @@ def webhook_url(base_url: str, secret: str, sketch_id: str, stage: Stage) -> str
         (TOKEN_PARAM, sketch_token(secret, sketch_id)),
     ]
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def main(argv: list[str]) -> int:
+    """`python3 -m shared.webhook_tokens sweep-token`: the sweep's bearer token, from WEBHOOK_SECRET."""
+    if argv != ["sweep-token"]:
+        print("usage: WEBHOOK_SECRET=... python3 -m shared.webhook_tokens sweep-token", file=sys.stderr)
+        return 2
+    secret = os.environ.get("WEBHOOK_SECRET", "").strip()
+    if not secret:
+        print("WEBHOOK_SECRET is required but not set", file=sys.stderr)
+        return 2
+    print(sweep_token(secret))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -25,6 +25,21 @@ API_KEY = "test-novita-key"
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"
 LOG_DIR = Path(os.environ.get("TEST_LOG_DIR", "/tmp/sketch-machine-test-logs"))
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# Figures the fault suite measures, printed at the end of the run.
+FIGURES: list[tuple[str, str, str]] = []
+
+
+def record_figure(scenario: str, figure: str, value: object) -> None:
+    FIGURES.append((scenario, figure, str(value)))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("fault suite figures")
+    width = max(len(f"{s}: {f}") for s, f, _ in FIGURES)
+    for scenario, figure, value in FIGURES:
+        terminalreporter.write_line(f"{f'{scenario}: {figure}':<{width}}  {value}")
 
 
 @pytest.fixture(scope="session")

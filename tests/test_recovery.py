@@ -120,8 +120,8 @@ def test_sweep_command_runs_from_the_shell(recovery_stack: Stack) -> None:
         check=False,
     )
     token = subprocess.run(
-        [sys.executable, "-m", "shared.recovery", "token"],
-        env=env,
+        ["python3", "-m", "shared.webhook_tokens", "sweep-token"],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "WEBHOOK_SECRET": WEBHOOK_SECRET},
         capture_output=True,
         text=True,
         timeout=60,

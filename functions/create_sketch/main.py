@@ -10,7 +10,7 @@ import functions_framework
 from pydantic import ValidationError
 
 from shared import logs
-from shared.caller_auth import AuthError, authenticate
+from shared.caller_auth import AuthError, KeysUnavailable, authenticate
 from shared.http_api import (
     BodyTooLarge,
     cors_headers,
@@ -43,6 +43,8 @@ def create_sketch(request: flask.Request) -> flask.Response:
         return method_not_allowed(METHODS, cors)
     try:
         user_id = authenticate(request, settings)
+    except KeysUnavailable as exc:
+        return error_response(503, "auth_unavailable", str(exc), cors)
     except AuthError as exc:
         return error_response(401, "unauthenticated", str(exc), cors)
     try:

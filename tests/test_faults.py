@@ -1,0 +1,364 @@
+"""The fault suite: load, outages, Novita faults, lost webhooks, fuzzed input and hostile media
+URLs, against the real emulator, simulator and functions. Each scenario records its figures,
+which the run prints at its end."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from conftest import LOG_DIR, PROJECT, WEBHOOK_SECRET, Stack, record_figure
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.media import MediaRejected, check_media_url
+from shared.webhook_tokens import sketch_token, sweep_token
+
+pytestmark = pytest.mark.faults
+FINAL = ("complete", "failed")
+
+
+def create_many(stack: Stack, count: int) -> list[str]:
+    with ThreadPoolExecutor(8) as pool:
+        return list(
+            pool.map(lambda i: stack.create_sketch(prompt=f"absurd sketch number {i}")["id"], range(count))
+        )
+
+
+def sweep_until_final(stack: Stack, ids: list[str], timeout: float) -> dict[str, str]:
+    """Run the recovery sweep until every sketch is final or `timeout` passes; their statuses."""
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        statuses = {i: stack.stored(i).status.value for i in ids}  # type: ignore[union-attr]
+        if all(s in FINAL for s in statuses.values()):
+            break
+        stack.http.post(
+            stack.webhook.url,
+            params={"action": "sweep"},
+            headers={"Authorization": f"Bearer {sweep_token(WEBHOOK_SECRET)}"},
+        )
+        time.sleep(0.5)
+    return statuses
+
+
+def wait_final(stack: Stack, ids: list[str], timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        statuses = {i: stack.stored(i).status.value for i in ids}  # type: ignore[union-attr]
+        if all(s in FINAL for s in statuses.values()):
+            break
+        time.sleep(0.25)
+    return statuses
+
+
+def kling_tasks_per_sketch(stack: Stack) -> Counter[str]:
+    by_url = stack.simulator.stats()["kling_tasks_by_webhook_url"]
+    per_sketch: Counter[str] = Counter()
+    for url, count in by_url.items():
+        sketch_id = url.split("sketch=")[1].split("&")[0]
+        per_sketch[sketch_id] += count
+    return per_sketch
+
+
+@pytest.mark.timeout(240)
+def test_storm_of_50_sketches_each_result_delivered_5_times_at_once(stack: Stack) -> None:
+    stack.simulator.configure(deliveries=5, concurrent_deliveries=True)
+    started = time.monotonic()
+
+    ids = create_many(stack, 50)
+    statuses = wait_final(stack, ids, timeout=180)
+    elapsed = time.monotonic() - started
+    stack.simulator.wait_idle(30)
+    stats = stack.simulator.stats()
+    per_sketch = kling_tasks_per_sketch(stack)
+
+    record_figure("storm", "sketches / complete", f"50 / {list(statuses.values()).count('complete')}")
+    record_figure("storm", "webhook deliveries (attempts)", stats["webhook_attempts"])
+    record_figure("storm", "Kling requests", stats["requests"]["kling"])
+    record_figure("storm", "Kling tasks per sketch (max)", max(per_sketch.values()))
+    record_figure("storm", "wall time, prompt to 50 videos", f"{elapsed:.1f} s")
+    assert list(statuses.values()) == ["complete"] * 50
+    assert stats["requests"]["kling"] == 50 and stats["tasks_created"]["kling"] == 50
+    assert set(per_sketch) == set(ids) and max(per_sketch.values()) == 1
+
+
+@pytest.mark.timeout(240)
+def test_firestore_outage_in_the_middle_of_a_run(recovery_stack: Stack, tmp_path: Path) -> None:
+    stack = recovery_stack
+    # Novita's own retries span the outage only partly; recovery finishes the rest.
+    stack.simulator.configure(image_delay=1.0, video_delay=1.0, webhook_retry_backoff=1.0)
+    ids = create_many(stack, 10)
+
+    time.sleep(0.8)
+    stack.emulator.restart(PROJECT, downtime=4.0, export_dir=tmp_path / "export")
+    outage_end = time.monotonic()
+    statuses = sweep_until_final(stack, ids, timeout=90)
+    stack.simulator.wait_idle(30)
+    deliveries = stack.simulator.stats()["webhook_deliveries"]
+    codes = Counter(d["status_code"] for d in deliveries)
+    per_sketch = kling_tasks_per_sketch(stack)
+
+    record_figure("firestore outage", "downtime", "4.0 s (emulator stopped, restarted with its data)")
+    record_figure("firestore outage", "deliveries answered 5xx / 2xx", f"{codes[503]} / {codes[200]}")
+    record_figure(
+        "firestore outage", "sketches complete after", f"{list(statuses.values()).count('complete')} / 10"
+    )
+    record_figure("firestore outage", "Kling tasks per sketch (max)", max(per_sketch.values(), default=0))
+    record_figure(
+        "firestore outage", "recovered within", f"{time.monotonic() - outage_end:.1f} s of the restart"
+    )
+    assert codes[503] > 0, "no delivery arrived during the outage"
+    assert all(code in (200, 503, None) for code in codes), codes
+    assert list(statuses.values()) == ["complete"] * 10
+    assert max(per_sketch.values()) == 1
+
+
+@pytest.mark.timeout(240)
+def test_novita_429_and_5xx_bursts_lose_nothing_and_pay_nothing_twice(recovery_stack: Stack) -> None:
+    stack = recovery_stack
+    bursts = {
+        "txt2img": [429, 429, 503, 429],
+        "kling": [500, 503, 429, 429, 500, 502, 504, 429],
+        "task_result": [503, 504, 429, 503],
+    }
+    stack.simulator.configure(http_errors=bursts)
+    answers = [stack.post_sketch({"prompt": f"burst {i}"}) for i in range(20)]
+    ids = [a.json()["id"] if a.status_code == 202 else a.json()["error"]["sketch"]["id"] for a in answers]
+
+    statuses = sweep_until_final(stack, ids, timeout=120)
+    stack.simulator.wait_idle(30)
+    stats = stack.simulator.stats()
+    per_sketch = kling_tasks_per_sketch(stack)
+    failed = {i: stack.stored(i).error_message for i, s in statuses.items() if s == "failed"}  # type: ignore[union-attr]
+
+    record_figure("novita bursts", "error answers injected", sum(len(codes) for codes in bursts.values()))
+    record_figure(
+        "novita bursts",
+        "sketches complete / failed with reason / lost",
+        f"{list(statuses.values()).count('complete')} / {len(failed)} / "
+        f"{sum(s not in FINAL for s in statuses.values())}",
+    )
+    record_figure(
+        "novita bursts",
+        "txt2img tasks / Kling tasks",
+        f"{stats['tasks_created']['txt2img']} / {stats['tasks_created']['kling']}",
+    )
+    record_figure("novita bursts", "Kling tasks per sketch (max)", max(per_sketch.values(), default=0))
+    assert all(s in FINAL for s in statuses.values())
+    assert all(message and "Novita 503" in message for message in failed.values()), failed
+    assert max(per_sketch.values()) == 1
+    assert stats["tasks_created"]["kling"] == list(statuses.values()).count("complete")
+
+
+@pytest.mark.timeout(240)
+def test_every_webhook_dropped_every_sketch_completes_through_recovery(recovery_stack: Stack) -> None:
+    stack = recovery_stack
+    stack.simulator.configure(drop_webhooks=True)
+    started = time.monotonic()
+
+    ids = create_many(stack, 20)
+    statuses = sweep_until_final(stack, ids, timeout=120)
+    stats = stack.simulator.stats()
+
+    record_figure("webhooks dropped", "webhook deliveries", stats["webhook_attempts"])
+    record_figure(
+        "webhooks dropped", "sketches complete", f"{list(statuses.values()).count('complete')} / 20"
+    )
+    record_figure("webhooks dropped", "Kling tasks", stats["tasks_created"]["kling"])
+    record_figure("webhooks dropped", "wall time", f"{time.monotonic() - started:.1f} s")
+    assert stats["webhook_attempts"] == 0
+    assert list(statuses.values()) == ["complete"] * 20
+    assert stats["tasks_created"]["kling"] == 20
+
+
+FUZZ_EXAMPLES = 300
+_fuzz_counts: Counter[str] = Counter()
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def events(task_ids: list[str]) -> st.SearchStrategy[Any]:
+    task = st.fixed_dictionaries(
+        {
+            "task_id": st.sampled_from(task_ids) | st.text(max_size=8) | json_values,
+            "status": st.sampled_from(["TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED", "TASK_STATUS_QUEUED"])
+            | json_values,
+        },
+        optional={"reason": json_values},
+    )
+    media = st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "image_url": st.text(max_size=30) | st.just("http://127.0.0.1:9/x.jpg"),
+                "image_url_ttl": json_values,
+                "video_url": st.text(max_size=30),
+                "video_url_ttl": json_values,
+            },
+        ),
+        max_size=2,
+    )
+    payload = st.fixed_dictionaries(
+        {},
+        optional={
+            "task": task | json_values,
+            "images": media | json_values,
+            "videos": media,
+            "extra": st.fixed_dictionaries({}, optional={"images": media, "videos": media}) | json_values,
+        },
+    )
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "event_type": st.sampled_from(["ASYNC_TASK_RESULT", "OTHER"]) | json_values,
+            "payload": payload | json_values,
+        },
+    )
+
+
+@pytest.mark.timeout(300)
+def test_fuzzed_webhook_calls_never_answer_5xx_nor_change_anything_without_a_token(stack: Stack) -> None:
+    stack.simulator.configure(drop_webhooks=True)
+    sketch = stack.create_sketch()
+    target = sketch["id"]
+    token = sketch_token(WEBHOOK_SECRET, target)
+    before = stack.stored(target)
+
+    @settings(
+        max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+    )
+    @given(
+        body=events([sketch["image_task_id"]]) | json_values | st.binary(max_size=64),
+        # Half the calls carry the sketch's own token, so the body parsing behind it is fuzzed too.
+        query=st.fixed_dictionaries(
+            {"sketch": st.just(target), "token": st.just(token)},
+            optional={
+                "stage": st.sampled_from(["image", "video"]) | st.text(max_size=6),
+                "x": st.text(max_size=6),
+            },
+        )
+        | st.dictionaries(
+            st.sampled_from(["sketch", "token", "stage", "action", "x"]),
+            st.text(max_size=12) | st.sampled_from([target, token, "image", "video", "sweep"]),
+            max_size=4,
+        ),
+        headers=st.dictionaries(
+            st.sampled_from(["Content-Type", "X-Cloud-Trace-Context", "Authorization", "X-Extra"]),
+            # Header values cannot start or end with white space on the wire.
+            st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30).map(str.strip),
+            max_size=3,
+        ),
+    )
+    def call(body: Any, query: dict[str, str], headers: dict[str, str]) -> None:
+        valid = (
+            query.get("sketch") == target and query.get("token") == token and query.get("action") != "sweep"
+        )
+        kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
+        snapshot = stack.stored(target)
+        response = stack.http.post(f"{stack.webhook.url}?{urlencode(query)}", headers=headers, **kwargs)
+        _fuzz_counts["calls"] += 1
+        _fuzz_counts["5xx"] += response.status_code >= 500
+        assert response.status_code < 500, (response.status_code, response.text)
+        if valid:
+            _fuzz_counts["with a valid token"] += 1
+        else:
+            assert response.status_code == 401
+            assert stack.stored(target) == snapshot
+            _fuzz_counts["without a valid token"] += 1
+
+    call()
+    assert before is not None
+
+    record_figure("fuzzed webhooks", "calls (bodies, headers, query strings)", _fuzz_counts["calls"])
+    record_figure(
+        "fuzzed webhooks",
+        "without a valid token: answered 401, changed nothing",
+        _fuzz_counts["without a valid token"],
+    )
+    record_figure("fuzzed webhooks", "with a valid token", _fuzz_counts["with a valid token"])
+    record_figure("fuzzed webhooks", "5xx answers", _fuzz_counts["5xx"])
+
+
+HOSTILE_URLS = [
+    "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token",
+    "https://169.254.169.254/latest/meta-data/",
+    "https://metadata.google.internal/computeMetadata/v1/",
+    "https://metadata/computeMetadata/v1/",
+    "https://localhost/still.jpg",
+    "https://127.0.0.1/still.jpg",
+    "https://[::1]/still.jpg",
+    "https://[fe80::1]/still.jpg",
+    "https://[::ffff:127.0.0.1]/still.jpg",
+    "https://10.0.0.5/still.jpg",
+    "https://172.16.0.1/still.jpg",
+    "https://192.168.1.1/still.jpg",
+    "https://100.64.0.1/still.jpg",
+    "https://0.0.0.0/still.jpg",
+    "https://2130706433/still.jpg",
+    "file:///etc/passwd",
+    "ftp://cdn.example/still.jpg",
+    "http://cdn.example/still.jpg",
+    "https://rebind.example/still.jpg",
+    "https://internal.example/still.jpg",
+    "https://mixed.example/still.jpg",
+]
+STUB_DNS = {
+    "rebind.example": ["127.0.0.1"],
+    "internal.example": ["10.1.2.3", "fd00::1"],
+    "mixed.example": ["93.184.216.34", "169.254.169.254"],
+    "cdn.example": ["93.184.216.34"],
+}
+
+
+def test_hostile_media_urls_are_all_refused_before_any_connection(stack_factory) -> None:  # noqa: ANN001
+    refused = 0
+    for url in HOSTILE_URLS:
+        with pytest.raises(MediaRejected):
+            check_media_url(url, "public-https", lambda host, port: STUB_DNS[host])
+        refused += 1
+
+    # End to end, through the webhook, with loopback URLs only: a still on the simulator itself.
+    stack: Stack = stack_factory("public-https", MEDIA_URL_POLICY="public-https")
+    stack.emulator.reset(PROJECT)
+    stack.simulator.reset()
+    stack.simulator.configure(drop_webhooks=True, image_delay=0.1)
+    port = stack.simulator.base_url.rsplit(":", 1)[1]
+    loopback_urls = [
+        f"http://127.0.0.1:{port}/media/x.jpg",
+        f"https://127.0.0.1:{port}/media/x.jpg",
+        f"https://localhost:{port}/media/x.jpg",
+        f"https://[::1]:{port}/media/x.jpg",
+    ]
+    media_before = stack.simulator.stats()["requests"]["media"]
+    for url in loopback_urls:
+        sketch = stack.create_sketch()
+        event = {
+            "event_type": "ASYNC_TASK_RESULT",
+            "payload": {
+                "task": {"task_id": sketch["image_task_id"], "status": "TASK_STATUS_SUCCEED"},
+                "images": [{"image_url": url, "image_type": "jpeg", "image_url_ttl": 3600}],
+            },
+        }
+        assert stack.deliver(sketch["id"], event).status_code == 200
+        failed = stack.stored(sketch["id"])
+        assert failed is not None and failed.status.value == "failed"
+        assert failed.error_message and "refused" in failed.error_message
+        refused += 1
+    fetched = stack.simulator.stats()["requests"]["media"] - media_before
+
+    record_figure("hostile media URLs", "tried / refused / fetched", f"{refused} / {refused} / {fetched}")
+    assert fetched == 0
+    assert not any(
+        "Traceback" in line for line in (LOG_DIR / "public-https-novita_webhook.log").read_text().splitlines()
+    )
