@@ -108,7 +108,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         webhook_test_mode=_choice(
             env, "NOVITA_WEBHOOK_TEST_MODE", None, ("TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED")
         ),
-        chain_lease_seconds=_number(env, "CHAIN_LEASE_SECONDS", 120.0, 1.0),
+        chain_lease_seconds=_number(env, "CHAIN_LEASE_SECONDS", 180.0, 1.0),
         recovery_interval_seconds=_number(env, "RECOVERY_INTERVAL_SECONDS", 60.0, 0.0),
         unknown_outcome_grace_seconds=_number(env, "UNKNOWN_OUTCOME_GRACE_SECONDS", 900.0, 0.0),
         auth_mode=auth_mode,
