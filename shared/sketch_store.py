@@ -19,7 +19,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import firestore
 
-from shared.sketch import Sketch, utcnow
+from shared.sketch import Sketch, Status, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,11 @@ class SketchStore:
             raise StoreUnavailable(f"Firestore did not list pending sketches: {exc}") from exc
 
     def count_in_progress(self, user_id: str) -> int:
+        # Equality filters only, so Firestore serves this from single-field indexes: no composite
+        # index to deploy.
+        unfinished = [status.value for status in Status if not status.is_final]
         query = self._collection.where(filter=firestore.FieldFilter("user_id", "==", user_id)).where(
-            filter=firestore.FieldFilter("recovery_due_at", "!=", None)
+            filter=firestore.FieldFilter("status", "in", unfinished)
         )
         try:
             result = query.count().get(retry=RETRY, timeout=CALL_TIMEOUT)

@@ -30,30 +30,21 @@ def create_many(stack: Stack, count: int) -> list[str]:
         )
 
 
-def sweep_until_final(stack: Stack, ids: list[str], timeout: float) -> dict[str, str]:
-    """Run the recovery sweep until every sketch is final or `timeout` passes; their statuses."""
+def wait_final(stack: Stack, ids: list[str], timeout: float, *, sweep: bool = False) -> dict[str, str]:
+    """Wait until every sketch is final or `timeout` passes, running the recovery sweep between
+    looks if `sweep`; returns their statuses."""
     deadline = time.monotonic() + timeout
     statuses: dict[str, str] = {}
     while time.monotonic() < deadline:
         statuses = {i: stack.stored(i).status.value for i in ids}  # type: ignore[union-attr]
         if all(s in FINAL for s in statuses.values()):
             break
-        stack.http.post(
-            stack.webhook.url,
-            params={"action": "sweep"},
-            headers={"Authorization": f"Bearer {sweep_token(WEBHOOK_SECRET)}"},
-        )
-        time.sleep(0.5)
-    return statuses
-
-
-def wait_final(stack: Stack, ids: list[str], timeout: float) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    statuses: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        statuses = {i: stack.stored(i).status.value for i in ids}  # type: ignore[union-attr]
-        if all(s in FINAL for s in statuses.values()):
-            break
+        if sweep:
+            stack.http.post(
+                stack.webhook.url,
+                params={"action": "sweep"},
+                headers={"Authorization": f"Bearer {sweep_token(WEBHOOK_SECRET)}"},
+            )
         time.sleep(0.25)
     return statuses
 
@@ -99,7 +90,7 @@ def test_firestore_outage_in_the_middle_of_a_run(recovery_stack: Stack, tmp_path
     time.sleep(0.8)
     stack.emulator.restart(PROJECT, downtime=4.0, export_dir=tmp_path / "export")
     outage_end = time.monotonic()
-    statuses = sweep_until_final(stack, ids, timeout=90)
+    statuses = wait_final(stack, ids, timeout=90, sweep=True)
     stack.simulator.wait_idle(30)
     deliveries = stack.simulator.stats()["webhook_deliveries"]
     codes = Counter(d["status_code"] for d in deliveries)
@@ -132,7 +123,7 @@ def test_novita_429_and_5xx_bursts_lose_nothing_and_pay_nothing_twice(recovery_s
     answers = [stack.post_sketch({"prompt": f"burst {i}"}) for i in range(20)]
     ids = [a.json()["id"] if a.status_code == 202 else a.json()["error"]["sketch"]["id"] for a in answers]
 
-    statuses = sweep_until_final(stack, ids, timeout=120)
+    statuses = wait_final(stack, ids, timeout=120, sweep=True)
     stack.simulator.wait_idle(30)
     stats = stack.simulator.stats()
     per_sketch = kling_tasks_per_sketch(stack)
@@ -164,7 +155,7 @@ def test_every_webhook_dropped_every_sketch_completes_through_recovery(recovery_
     started = time.monotonic()
 
     ids = create_many(stack, 20)
-    statuses = sweep_until_final(stack, ids, timeout=120)
+    statuses = wait_final(stack, ids, timeout=120, sweep=True)
     stats = stack.simulator.stats()
 
     record_figure("webhooks dropped", "webhook deliveries", stats["webhook_attempts"])
