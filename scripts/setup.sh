@@ -16,6 +16,12 @@ if ! need java; then
   apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null
 fi
 
+if ! need shellcheck; then
+  # deploy.sh is checked by the tests; without shellcheck that one test is skipped.
+  echo "setup: installing shellcheck" >&2
+  { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; } || echo "setup: shellcheck not installed" >&2
+fi
+
 sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)
 jar="${sdk_root:-/usr/lib/google-cloud-sdk}/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
 if [ ! -f "$jar" ] && [ ! -f /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar ]; then
