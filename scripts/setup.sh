@@ -26,7 +26,7 @@ sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || tr
 jar="${sdk_root:-/usr/lib/google-cloud-sdk}/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
 if [ ! -f "$jar" ] && [ ! -f /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar ]; then
   echo "setup: installing the Firestore emulator (google-cloud-cli-firestore-emulator)" >&2
-  apt-get update -qq && apt-get install -y -qq google-cloud-cli-firestore-emulator >/dev/null || {
+  { apt-get update -qq && apt-get install -y -qq google-cloud-cli-firestore-emulator >/dev/null; } || {
     echo "setup: the Firestore emulator is missing and could not be installed;" >&2
     echo "       install the Debian package google-cloud-cli-firestore-emulator" >&2
     exit 1
