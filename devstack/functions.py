@@ -13,15 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ("create_sketch", "novita_webhook")
 
 
-def function_command(name: str, port: int, source_root: Path = ROOT) -> list[str]:
+def function_command(target: str, port: int, source: Path | None = None) -> list[str]:
+    """functions-framework serving `target` from `source` (default: functions/<target>/main.py)."""
+    source = source or ROOT / "functions" / target / "main.py"
     return [
         sys.executable,
         "-m",
         "functions_framework",
         "--source",
-        str(source_root / "functions" / name / "main.py"),
+        str(source),
         "--target",
-        name,
+        target,
         "--host",
         LOOPBACK,
         "--port",

@@ -320,15 +320,16 @@ def _fetch_once(
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise _too_large(max_bytes)
-            body = bytearray()
+            # BytesIO hands its buffer over in getvalue() without a second copy of a 10 MB still.
+            body = io.BytesIO()
             # Encoded bodies were refused above, so these are the raw bytes as they arrive.
             for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
+                body.write(chunk)
+                if body.tell() > max_bytes:
                     raise _too_large(max_bytes)
                 if time.monotonic() > deadline:
                     raise MediaUnavailable("timeout", "media download took too long")
-            return bytes(body)
+            return body.getvalue()
     except httpx.TimeoutException as exc:
         raise MediaUnavailable("timeout", f"media download timed out: {exc!r}") from exc
     except httpx.TransportError as exc:

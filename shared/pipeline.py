@@ -134,7 +134,7 @@ class Pipeline:
                 "recovery_due_at": self._recovery_due(now),
             }
         )
-        self._store.create(sketch)
+        sketch = self._store.create(sketch)
         log.info("sketch created", extra={"sketch_id": sketch.id, "status": sketch.status.value})
         return self._submit_image(sketch)
 
@@ -159,7 +159,7 @@ class Pipeline:
                 return None  # an early webhook adopted the task id already
             return {"image_task_id": task_id, "submission_unknown": None, "submission_unknown_since": None}
 
-        updated, _ = self._change(sketch.id, record)
+        updated, _ = self._change(sketch.id, record, known=sketch)
         log.info("text-to-image task started", extra={"sketch_id": sketch.id, "task_id": task_id})
         return updated or sketch
 
@@ -191,10 +191,11 @@ class Pipeline:
             log.info("result for a task that is not the sketch's ignored", extra=extra)
             return Outcome.IGNORED
         if stage == "image":
-            return self._apply_image(sketch_id, result)
-        return self._apply_video(sketch_id, result)
+            return self._apply_image(sketch, result)
+        return self._apply_video(sketch, result)
 
-    def _apply_image(self, sketch_id: str, result: TaskResult) -> Outcome:
+    def _apply_image(self, known: Sketch, result: TaskResult) -> Outcome:
+        sketch_id = known.id
         task_id = result.task.task_id
         if result.failed:
             reason = result.task.reason or IMAGE_FAILED_DEFAULT
@@ -204,7 +205,7 @@ class Pipeline:
                     return {**_fail(reason), "image_task_id": task_id}
                 return None
 
-            return self._applied(*self._change(sketch_id, fail))
+            return self._applied(*self._change(sketch_id, fail, known=known))
         if not result.images:
             raise MalformedResult(f"image task {task_id} succeeded without an image")
         image = result.images[0]
@@ -227,7 +228,7 @@ class Pipeline:
                 "recovery_due_at": lease_until,
             }
 
-        sketch, claimed = self._store.mutate(sketch_id, claim)
+        sketch, claimed = self._store.mutate(sketch_id, claim, known=known)
         if sketch is None:
             return Outcome.IGNORED
         if not claimed:
@@ -297,7 +298,7 @@ class Pipeline:
                 "recovery_due_at": self._recovery_due(utcnow()),
             }
 
-        self._change(sketch.id, record)
+        self._change(sketch.id, record, known=sketch)
         log.info(
             "image-to-video task started",
             extra={"sketch_id": sketch.id, "task_id": video_task_id, "status": Status.VIDEO_PENDING.value},
@@ -376,7 +377,8 @@ class Pipeline:
                 },
             )
 
-    def _apply_video(self, sketch_id: str, result: TaskResult) -> Outcome:
+    def _apply_video(self, known: Sketch, result: TaskResult) -> Outcome:
+        sketch_id = known.id
         task_id = result.task.task_id
         now = utcnow()
         if result.failed:
@@ -405,7 +407,7 @@ class Pipeline:
             )
             return changes if waiting else None
 
-        return self._applied(*self._change(sketch_id, decide))
+        return self._applied(*self._change(sketch_id, decide, known=known))
 
     # --------------------------------------------------------------------------------- recovery
 
@@ -425,7 +427,7 @@ class Pipeline:
         def take_turn(s: Sketch) -> Changes | None:
             return {"recovery_due_at": next_due} if s.recovery_due_at == due else None
 
-        claimed_sketch, won = self._store.mutate(sketch.id, take_turn)
+        claimed_sketch, won = self._store.mutate(sketch.id, take_turn, known=sketch)
         if claimed_sketch is None or not won:
             return claimed_sketch or sketch
         try:
@@ -510,8 +512,10 @@ class Pipeline:
     def _recovery_due(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self._settings.recovery_interval_seconds)
 
-    def _change(self, sketch_id: str, decide: Decide) -> tuple[Sketch | None, bool]:
-        sketch, changed = self._store.mutate(sketch_id, decide)
+    def _change(
+        self, sketch_id: str, decide: Decide, known: Sketch | None = None
+    ) -> tuple[Sketch | None, bool]:
+        sketch, changed = self._store.mutate(sketch_id, decide, known)
         if changed and sketch is not None:
             log.info("sketch changed", extra={"sketch_id": sketch_id, "status": sketch.status.value})
         return sketch, changed

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, StrictStr, field_validator
 
 DEFAULT_VIDEO_PROMPT = "gentle cinematic camera movement, the scene comes to life"
 DEFAULT_NEGATIVE_PROMPT = ""
@@ -126,6 +126,9 @@ class Sketch(BaseModel):
     chain_lease_until: datetime | None = None
     # When recovery may next ask Novita about this sketch; None once the sketch is final.
     recovery_due_at: datetime | None = None
+    # The document's update time when this copy was read or written: lets the next conditional
+    # write go out without reading the document again.
+    _version: datetime | None = PrivateAttr(default=None)
 
     @classmethod
     def new(cls, sketch_id: str, request: CreateSketchRequest, now: datetime, user_id: str | None) -> Sketch:

@@ -55,33 +55,47 @@ def _encode(changes: Changes) -> Changes:
     return {k: v.value if isinstance(v, Enum) else v for k, v in changes.items()}
 
 
+def _versioned(sketch: Sketch, update_time: datetime) -> Sketch:
+    sketch._version = update_time
+    return sketch
+
+
 class SketchStore:
     def __init__(self, client: firestore.Client, collection: str) -> None:
         self._client = client
         self._collection = client.collection(collection)
 
-    def create(self, sketch: Sketch) -> None:
+    def create(self, sketch: Sketch) -> Sketch:
+        """Store a new sketch; returns it as stored."""
         try:
-            self._collection.document(sketch.id).create(
+            result = self._collection.document(sketch.id).create(
                 _encode(sketch.to_document()), retry=RETRY, timeout=CALL_TIMEOUT
             )
         except gexc.AlreadyExists as exc:
             raise SketchExists(sketch.id) from exc
         except _TRANSIENT as exc:
             raise StoreUnavailable(f"Firestore did not store the sketch: {exc}") from exc
+        return _versioned(sketch.model_copy(), result.update_time)
 
     def get(self, sketch_id: str) -> Sketch | None:
         sketch, _ = self._read(sketch_id)
         return sketch
 
-    def mutate(self, sketch_id: str, decide: Decide) -> tuple[Sketch | None, bool]:
+    def mutate(
+        self, sketch_id: str, decide: Decide, known: Sketch | None = None
+    ) -> tuple[Sketch | None, bool]:
         """Apply `decide`'s change atomically; return the sketch as it now is and whether it changed.
 
         `decide` returns None to leave the sketch as it is. It may run more than once (after a lost
-        race), so it must be free of side effects.
+        race), so it must be free of side effects. `known`, a copy this request has just read or
+        written, saves the first read; if the document has changed since, the write is refused
+        and the sketch is read again.
         """
-        for _ in range(MUTATE_ATTEMPTS):
-            sketch, update_time = self._read(sketch_id)
+        for attempt in range(MUTATE_ATTEMPTS):
+            if attempt == 0 and known is not None and known._version is not None:
+                sketch, update_time = known, known._version
+            else:
+                sketch, update_time = self._read(sketch_id)
             if sketch is None:
                 return None, False
             changes = decide(sketch)
@@ -89,7 +103,7 @@ class SketchStore:
                 return sketch, False
             changes = {**changes, "updated_at": utcnow()}
             try:
-                self._collection.document(sketch_id).update(
+                result = self._collection.document(sketch_id).update(
                     _encode(changes),
                     option=self._client.write_option(last_update_time=update_time),
                     retry=RETRY,
@@ -99,7 +113,7 @@ class SketchStore:
                 continue  # somebody else changed it first: decide again on what they wrote
             except _TRANSIENT as exc:
                 raise StoreUnavailable(f"Firestore did not update sketch {sketch_id}: {exc}") from exc
-            return sketch.model_copy(update=changes), True
+            return _versioned(sketch.model_copy(update=changes), result.update_time), True
         raise StoreUnavailable(f"sketch {sketch_id} kept changing under {MUTATE_ATTEMPTS} attempts")
 
     def due_for_recovery(self, now: datetime, limit: int) -> list[Sketch]:
@@ -111,7 +125,8 @@ class SketchStore:
         )
         try:
             return [
-                Sketch.model_validate(s.to_dict()) for s in query.stream(retry=RETRY, timeout=CALL_TIMEOUT)
+                _versioned(Sketch.model_validate(s.to_dict()), s.update_time)
+                for s in query.stream(retry=RETRY, timeout=CALL_TIMEOUT)
             ]
         except _TRANSIENT as exc:
             raise StoreUnavailable(f"Firestore did not list pending sketches: {exc}") from exc
@@ -136,4 +151,6 @@ class SketchStore:
             raise StoreUnavailable(f"Firestore did not read sketch {sketch_id}: {exc}") from exc
         if not snapshot.exists:
             return None, None
-        return Sketch.model_validate(snapshot.to_dict()), snapshot.update_time
+        return _versioned(
+            Sketch.model_validate(snapshot.to_dict()), snapshot.update_time
+        ), snapshot.update_time
