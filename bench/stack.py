@@ -18,6 +18,7 @@ from google.cloud import firestore
 from devstack.emulator import FirestoreEmulator
 from devstack.functions import ROOT, function_command
 from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
+from devstack.simulator import SimulatorProcess
 from shared.webhook_tokens import webhook_url
 
 PROJECT = "sketch-machine-bench"
@@ -117,8 +118,8 @@ class Stack:
         self.log_dir = log_dir
         self.media_dir = media_dir
         self.emulator = FirestoreEmulator(log_dir / "firestore-emulator.log")
-        self.sim_port = free_port()
-        self.sim_url = f"http://{LOOPBACK}:{self.sim_port}"
+        self.simulator = SimulatorProcess(API_KEY, log_dir / "novita-simulator.log")
+        self.sim_url = self.simulator.url
         self.media_port = free_port()
         self.media_url = f"http://{LOOPBACK}:{self.media_port}"
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
@@ -146,23 +147,7 @@ class Stack:
         os.environ["FIRESTORE_EMULATOR_HOST"] = self.emulator.host
         os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        sim = start(
-            [
-                sys.executable,
-                "-m",
-                "novita_simulator",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(self.sim_port),
-                "--api-key",
-                API_KEY,
-            ],
-            env=env,
-            log_path=self.log_dir / "novita-simulator.log",
-            cwd=ROOT,
-        )
-        self._procs.append(sim)
+        self.simulator.start()
         media = start(
             [
                 sys.executable,
@@ -178,7 +163,6 @@ class Stack:
             cwd=ROOT,
         )
         self._procs.append(media)
-        wait_until(answers(f"{self.sim_url}/_sim/stats"), 30, "Novita simulator", sim)
         wait_until(answers(f"{self.media_url}/"), 30, "media server", media)
         self.db = firestore.Client(project=PROJECT)
         webhook_port = free_port()
@@ -194,12 +178,14 @@ class Stack:
                 fn.stop()
         for proc in reversed(self._procs):
             stop(proc)
+        self.simulator.stop()
         self.emulator.stop()
         self.http.close()
 
     def pids(self) -> dict[str, int]:
         """The stack's long-running processes (the webhook as its serving worker)."""
-        pids = {"Novita simulator": self._procs[0].pid, "media host": self._procs[1].pid}
+        assert self.simulator.pid is not None
+        pids = {"Novita simulator": self.simulator.pid, "media host": self._procs[0].pid}
         emulator = getattr(self.emulator, "_proc", None)
         if emulator is not None:
             pids["Firestore emulator"] = emulator.pid

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import signal
 import sys
 import time
@@ -21,12 +22,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
+from google.cloud import firestore
 
 from devstack.emulator import FirestoreEmulator
 from devstack.functions import ROOT, FunctionServer
-from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
+from devstack.processes import LOOPBACK, free_port
+from devstack.simulator import SimulatorProcess
 
 PROJECT = "sketch-machine-local"
 API_KEY = "local-novita-key"
@@ -50,14 +54,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def local_stack(log_dir: Path, *, image_delay: float, video_delay: float) -> Iterator[LocalStack]:
     """Start every process of the stack; stop each one, whatever happens, on the way out."""
-    started: list[object] = []
     emulator = FirestoreEmulator(log_dir / "firestore-emulator.log")
-    sim_port = free_port()
-    simulator_url = f"http://{LOOPBACK}:{sim_port}"
+    simulator = SimulatorProcess(
+        API_KEY, log_dir / "novita-simulator.log", image_delay=image_delay, video_delay=video_delay
+    )
     webhook_port = free_port()
     env = {
         "NOVITA_API_KEY": API_KEY,
-        "NOVITA_BASE_URL": simulator_url,
+        "NOVITA_BASE_URL": simulator.url,
         "WEBHOOK_URL": f"http://{LOOPBACK}:{webhook_port}/",
         "WEBHOOK_SECRET": WEBHOOK_SECRET,
         "GOOGLE_CLOUD_PROJECT": PROJECT,
@@ -67,40 +71,18 @@ def local_stack(log_dir: Path, *, image_delay: float, video_delay: float) -> Ite
     }
     webhook = FunctionServer("novita_webhook", env, log_dir / "novita_webhook.log", port=webhook_port)
     create = FunctionServer("create_sketch", env, log_dir / "create_sketch.log")
-    simulator_cmd = [
-        sys.executable,
-        "-m",
-        "novita_simulator",
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(sim_port),
-        "--api-key",
-        API_KEY,
-        "--image-delay",
-        str(image_delay),
-        "--video-delay",
-        str(video_delay),
-    ]
-    simulator = None
+    # This process watches the sketch in the same emulator.
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
     try:
         emulator.start()
-        started.append(emulator)
-        simulator = start(
-            simulator_cmd,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            log_path=log_dir / "novita-simulator.log",
-            cwd=ROOT,
-        )
-        wait_until(answers(f"{simulator_url}/_sim/stats"), 30, "Novita simulator", simulator)
+        simulator.start()
         webhook.start()
         create.start()
-        yield LocalStack(emulator, simulator_url, create, webhook, env["AUTH_MODE"])
+        yield LocalStack(emulator, simulator.url, create, webhook, env["AUTH_MODE"])
     finally:
         create.stop()
         webhook.stop()
-        if simulator is not None:
-            stop(simulator)
+        simulator.stop()
         emulator.stop()
 
 
@@ -118,6 +100,43 @@ def _save(url: str, path: Path) -> Path:
     return path
 
 
+def _follow(
+    stack: LocalStack, http: httpx.Client, sketch: dict[str, Any], started: float, timeout: float
+) -> str | None:
+    """Print each status change as Firestore records it; the final status, or None on timeout.
+
+    A Firestore listener sees every write, even a state that lasts a few milliseconds; a GET every
+    second as well keeps recovery going, as a frontend's polling would.
+    """
+    changes: queue.Queue[str] = queue.Queue()
+    db = firestore.Client(project=PROJECT)
+    watch = (
+        db.collection("sketches")
+        .document(sketch["id"])
+        .on_snapshot(
+            lambda docs, _changes, _read_time: [changes.put(d.get("status")) for d in docs if d.exists]
+        )
+    )
+    status = sketch["status"]
+    deadline = time.monotonic() + timeout
+    try:
+        while status not in FINAL:
+            if time.monotonic() > deadline:
+                _say(started, f"gave up after {timeout:.0f} s in status {status}")
+                return None
+            try:
+                seen = changes.get(timeout=1.0)
+            except queue.Empty:
+                seen = http.get(stack.create.url, params={"id": sketch["id"]}).json()["status"]
+            if seen != status:
+                status = seen
+                _say(started, f"sketch {sketch['id']}: {status}")
+    finally:
+        watch.unsubscribe()
+        db.close()
+    return status
+
+
 def run(prompt: str, out_dir: Path, log_dir: Path, timeout: float) -> int:
     started = time.monotonic()
     _say(started, "starting the Firestore emulator, the Novita simulator and both functions ...")
@@ -129,17 +148,10 @@ def run(prompt: str, out_dir: Path, log_dir: Path, timeout: float) -> int:
             return 1
         sketch = response.json()
         _say(started, f"sketch {sketch['id']}: {sketch['status']} (image task {sketch['image_task_id']})")
-        status = sketch["status"]
-        deadline = time.monotonic() + timeout
-        while status not in FINAL:
-            if time.monotonic() > deadline:
-                _say(started, f"gave up after {timeout:.0f} s in status {status}")
-                return 1
-            time.sleep(0.2)
-            sketch = http.get(stack.create.url, params={"id": sketch["id"]}).json()
-            if sketch["status"] != status:
-                status = sketch["status"]
-                _say(started, f"sketch {sketch['id']}: {status}")
+        status = _follow(stack, http, sketch, started, timeout)
+        if status is None:
+            return 1
+        sketch = http.get(stack.create.url, params={"id": sketch["id"]}).json()
         print(json.dumps(sketch, indent=2), flush=True)
         if status == "failed":
             _say(started, f"the sketch failed: {sketch['error_message']}")
@@ -182,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, default=ROOT / "out" / "logs")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # even when started in the background, where SIGINT is ignored
     try:
         if args.command == "run":
             return run(args.prompt, args.out, args.logs, args.timeout)
