@@ -75,6 +75,10 @@ class StartFailed(Exception):
         self.cause = cause
 
 
+class TooManySketches(Exception):
+    """The user already has as many sketches in progress as they may."""
+
+
 class MalformedResult(Exception):
     """A finished task result without the output it should carry."""
 
@@ -120,11 +124,15 @@ class Pipeline:
         """Record the sketch, then start its text-to-image task.
 
         The sketch is written first, so no paid task can point at a sketch that does not exist.
-        Raises StartFailed, with the failed sketch, when Novita refuses or cannot be reached.
+        Raises TooManySketches when the user has no place left for another sketch in progress, and
+        StartFailed, with the failed sketch, when Novita refuses or cannot be reached.
         """
         now = utcnow()
         sketch = Sketch.new(uuid.uuid4().hex, request, now, user_id)
         logs.bind_sketch(sketch.id)
+        limit = self._settings.max_sketches_in_progress
+        if user_id is not None and not self._store.claim_slot(user_id, sketch.id, limit):
+            raise TooManySketches(f"at most {limit} sketches may be in progress at once")
         # Until Novita answers, the submission's outcome is unknown; recovery resolves it if the
         # process dies before the answer is recorded.
         sketch = sketch.model_copy(

@@ -9,9 +9,10 @@ instead of by transaction lock contention.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -19,7 +20,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import firestore
 
-from shared.sketch import Sketch, Status, utcnow
+from shared.sketch import Sketch, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 CALL_TIMEOUT = 3.0
 RETRY = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=4.0)
 MUTATE_ATTEMPTS = 8
+SLOT_GRACE = timedelta(seconds=60)
 
 Changes = dict[str, Any]
 Decide = Callable[[Sketch], Changes | None]
@@ -64,6 +66,8 @@ class SketchStore:
     def __init__(self, client: firestore.Client, collection: str) -> None:
         self._client = client
         self._collection = client.collection(collection)
+        # One document per place a user may have in progress (see claim_slot).
+        self._slots = client.collection(f"{collection}_slots")
 
     def create(self, sketch: Sketch) -> Sketch:
         """Store a new sketch; returns it as stored."""
@@ -131,18 +135,47 @@ class SketchStore:
         except _TRANSIENT as exc:
             raise StoreUnavailable(f"Firestore did not list pending sketches: {exc}") from exc
 
-    def count_in_progress(self, user_id: str) -> int:
-        # Equality filters only, so Firestore serves this from single-field indexes: no composite
-        # index to deploy.
-        unfinished = [status.value for status in Status if not status.is_final]
-        query = self._collection.where(filter=firestore.FieldFilter("user_id", "==", user_id)).where(
-            filter=firestore.FieldFilter("status", "in", unfinished)
-        )
+    def claim_slot(self, user_id: str, sketch_id: str, slots: int) -> bool:
+        """Reserve one of the user's `slots` places for a sketch in progress; False if all are taken.
+
+        A place is a document of its own. It is free when it does not exist yet, or when the sketch
+        it holds is final (or was never written, and the place is older than SLOT_GRACE). It is
+        taken with create(), or with an update conditional on the version that was read, so two
+        concurrent requests can never take the same place.
+        """
+        owner = hashlib.sha256(user_id.encode()).hexdigest()[:32]
+        taken = {"user_id": user_id, "sketch_id": sketch_id, "taken_at": utcnow()}
         try:
-            result = query.count().get(retry=RETRY, timeout=CALL_TIMEOUT)
+            for index in range(slots):
+                place = self._slots.document(f"{owner}-{index}")
+                try:
+                    place.create(taken, retry=RETRY, timeout=CALL_TIMEOUT)
+                    return True
+                except gexc.AlreadyExists:
+                    pass
+                snapshot = place.get(retry=RETRY, timeout=CALL_TIMEOUT)
+                if not snapshot.exists or not self._slot_is_free(snapshot.to_dict()):
+                    continue
+                try:
+                    place.update(
+                        taken,
+                        option=self._client.write_option(last_update_time=snapshot.update_time),
+                        retry=RETRY,
+                        timeout=CALL_TIMEOUT,
+                    )
+                    return True
+                except gexc.FailedPrecondition:
+                    continue  # another request took this place first
         except _TRANSIENT as exc:
-            raise StoreUnavailable(f"Firestore did not count sketches: {exc}") from exc
-        return int(result[0][0].value)
+            raise StoreUnavailable(f"Firestore did not reserve a place: {exc}") from exc
+        return False
+
+    def _slot_is_free(self, place: dict[str, Any]) -> bool:
+        holder = self.get(str(place.get("sketch_id")))
+        if holder is not None:
+            return holder.status.is_final
+        # The sketch of a place taken a moment ago may still be on its way to Firestore.
+        return place.get("taken_at") is None or place["taken_at"] + SLOT_GRACE <= utcnow()
 
     def _read(self, sketch_id: str) -> tuple[Sketch | None, datetime | None]:
         try:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -227,6 +228,30 @@ def test_in_progress_limit_is_per_user(fb: Stack) -> None:
     assert refused.json()["error"]["code"] == "too_many_sketches"
     assert post(fb, bob).status_code == 202
     assert fb.stored_count() == 3
+
+
+def test_in_progress_limit_holds_under_concurrent_requests(fb: Stack) -> None:
+    fb.simulator.configure(drop_webhooks=True)
+    token = KEY.sign(claims("carol"))
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(lambda _: post(fb, token).status_code, range(8)))
+
+    assert codes == [202, 202] + [429] * 6
+    assert fb.stored_count() == 2
+    assert fb.tasks_created("txt2img") == 2
+
+
+def test_a_finished_sketch_frees_its_place(fb: Stack) -> None:
+    fb.simulator.configure(image_delay=1.5)  # both stay in progress while the third is refused
+    token = KEY.sign(claims("dave"))
+    first, second = post(fb, token).json(), post(fb, token).json()
+    assert post(fb, token).status_code == 429
+
+    fb.wait_for_status(first["id"], "complete")
+
+    assert post(fb, token).status_code == 202
+    assert second["status"] == "image_pending"
 
 
 def preflight_headers(origin: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from shared.http_api import (
     read_body,
 )
 from shared.novita_client import NovitaUnavailable
-from shared.pipeline import StartFailed
+from shared.pipeline import StartFailed, TooManySketches
 from shared.runtime import get_runtime, load_settings_or_exit
 from shared.sketch import CreateSketchRequest
 from shared.sketch_store import StoreUnavailable
@@ -85,15 +85,10 @@ def _post(request: flask.Request, user_id: str | None) -> flask.Response:
         create = CreateSketchRequest.model_validate(body)
     except ValidationError as exc:
         return _validation_error(exc)
-    runtime = get_runtime()
-    if user_id is not None and runtime.store.count_in_progress(user_id) >= settings.max_sketches_in_progress:
-        return error_response(
-            429,
-            "too_many_sketches",
-            f"at most {settings.max_sketches_in_progress} sketches may be in progress at once",
-        )
     try:
-        sketch = runtime.pipeline.create(create, user_id)
+        sketch = get_runtime().pipeline.create(create, user_id)
+    except TooManySketches as exc:
+        return error_response(429, "too_many_sketches", str(exc))
     except StartFailed as failure:
         status, code = (
             (503, "novita_unavailable")
