@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from functools import cache
 from typing import Literal
@@ -18,6 +20,9 @@ AuthMode = Literal["none", "firebase"]
 FIREBASE_CERTS_URL = (
     "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
 )
+
+DAY = 86400.0
+_COLLECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 class ConfigError(Exception):
@@ -40,8 +45,10 @@ class Settings(BaseModel):
     chain_lease_seconds: float
     # Seconds between two task-result checks of one pending sketch (GET and the sweep).
     recovery_interval_seconds: float
-    # Seconds to wait for the webhook of a submission whose outcome is unknown before re-sending it.
+    # Seconds to wait for the webhook of a submission whose outcome is unknown before failing it.
     unknown_outcome_grace_seconds: float
+    # Seconds after which recovery fails a sketch that is still not finished, whatever the cause.
+    max_sketch_age_seconds: float
     auth_mode: AuthMode
     firebase_project: str
     firebase_certs_url: str
@@ -70,7 +77,7 @@ def _choice(env: Mapping[str, str], name: str, default: str | None, allowed: tup
     return value
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -78,8 +85,24 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum:g} and {maximum:g}, got {raw!r}")
+    return value
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    value = _number(env, name, default, minimum, maximum)
+    if value != int(value):
+        raise ConfigError(f"{name} must be a whole number, got {env.get(name)!r}")
+    return int(value)
+
+
+def _collection(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if not _COLLECTION_ID.fullmatch(value) or value.startswith("__"):
+        raise ConfigError(
+            f"{name} must be a Firestore collection id (letters, digits, _ and -), got {value!r}"
+        )
     return value
 
 
@@ -102,22 +125,23 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         webhook_url=_url("WEBHOOK_URL", _required(env, "WEBHOOK_URL")),
         webhook_secret=SecretStr(_required(env, "WEBHOOK_SECRET")),
         project=project,
-        sketches_collection=env.get("SKETCHES_COLLECTION", "").strip() or "sketches",
+        sketches_collection=_collection(env, "SKETCHES_COLLECTION", "sketches"),
         media_url_policy=_choice(env, "MEDIA_URL_POLICY", "public-https", ("public-https", "any")),
         t2i_model=env.get("NOVITA_T2I_MODEL", "").strip() or "seedream_3_0",
         webhook_test_mode=_choice(
             env, "NOVITA_WEBHOOK_TEST_MODE", None, ("TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED")
         ),
-        chain_lease_seconds=_number(env, "CHAIN_LEASE_SECONDS", 180.0, 1.0),
-        recovery_interval_seconds=_number(env, "RECOVERY_INTERVAL_SECONDS", 60.0, 0.0),
-        unknown_outcome_grace_seconds=_number(env, "UNKNOWN_OUTCOME_GRACE_SECONDS", 900.0, 0.0),
+        chain_lease_seconds=_number(env, "CHAIN_LEASE_SECONDS", 180.0, 1.0, DAY),
+        recovery_interval_seconds=_number(env, "RECOVERY_INTERVAL_SECONDS", 60.0, 0.0, DAY),
+        unknown_outcome_grace_seconds=_number(env, "UNKNOWN_OUTCOME_GRACE_SECONDS", 900.0, 0.0, 7 * DAY),
+        max_sketch_age_seconds=_number(env, "MAX_SKETCH_AGE_SECONDS", 7200.0, 1.0, 30 * DAY),
         auth_mode=auth_mode,
         firebase_project=env.get("FIREBASE_PROJECT_ID", "").strip() or project,
         firebase_certs_url=_url(
             "FIREBASE_CERTS_URL", env.get("FIREBASE_CERTS_URL", "").strip() or FIREBASE_CERTS_URL
         ),
         cors_allowed_origins=origins,
-        max_sketches_in_progress=int(_number(env, "MAX_SKETCHES_IN_PROGRESS", 3, 1)),
+        max_sketches_in_progress=_whole(env, "MAX_SKETCHES_IN_PROGRESS", 3, 1, 100),
     )
 
 

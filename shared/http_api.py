@@ -14,9 +14,25 @@ class BodyTooLarge(Exception):
     pass
 
 
+def parse_json(raw: bytes) -> object:
+    """The JSON in `raw`; ValueError for anything that is not JSON, however it fails."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError("not valid JSON") from exc
+
+
+def internal_error() -> flask.Response:
+    """The answer for a fault nobody foresaw: JSON like every other error, and 5xx so it is retried."""
+    return error_response(500, "internal", "an unexpected error occurred; it has been logged")
+
+
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> flask.Response:
     return flask.Response(
-        json.dumps(body, ensure_ascii=False), status=status, headers={**JSON_HEADERS, **(headers or {})}
+        # ASCII escapes: a lone surrogate echoed back from a request cannot break the answer.
+        json.dumps(body, ensure_ascii=True),
+        status=status,
+        headers={**JSON_HEADERS, **(headers or {})},
     )
 
 
@@ -37,23 +53,25 @@ def read_body(request: flask.Request, limit: int) -> bytes:
 
 
 def cors_headers(request: flask.Request, allowed_origins: tuple[str, ...], methods: str) -> dict[str, str]:
-    """CORS headers for this request's Origin, or none when the origin is not allowed."""
+    """CORS headers for this request: none when its Origin is not allowed."""
     origin = request.headers.get("Origin")
-    if not origin:
-        return {}
     if "*" in allowed_origins:
         allow = "*"
-    elif origin in allowed_origins:
+    elif origin and origin in allowed_origins:
         allow = origin
     else:
         return {}
-    return {
+    headers = {
         "Access-Control-Allow-Origin": allow,
         "Access-Control-Allow-Methods": methods,
-        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Allow-Headers": request.headers.get(
+            "Access-Control-Request-Headers", "Authorization, Content-Type"
+        ),
         "Access-Control-Max-Age": "3600",
-        "Vary": "Origin",
     }
+    if allow != "*":
+        headers["Vary"] = "Origin"
+    return headers
 
 
 def preflight(request: flask.Request, allowed_origins: tuple[str, ...], methods: str) -> flask.Response:

@@ -4,9 +4,10 @@ Every request body Novita receives is built here and nowhere else. Errors are ty
 caller can do about them:
 
 - `NovitaRejected`: Novita refused the request (4xx other than 429); sending it again won't help.
-- `NovitaUnavailable`: Novita could not be reached or asked us to come back (429, 5xx, network);
-  for a POST this means the task surely was not created.
-- `NovitaOutcomeUnknown`: a POST was sent but no answer came back, so a paid task may exist.
+- `NovitaUnavailable`: Novita could not be reached or asked us to come back (429, 500, 503,
+  network); for a POST this means Novita itself answered that it created no task.
+- `NovitaOutcomeUnknown`: a POST was sent but Novita's own answer never came back (a timeout, a
+  dropped connection, a gateway's 502/504), so a paid task may exist.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=60.0, pool=5.0)
 POST_ATTEMPTS = 3
 POST_DEADLINE_SECONDS = 10.0
 KLING_CFG_SCALE = "0.5"
+# Answered by a proxy in front of Novita, which may have passed the request on.
+GATEWAY_STATUSES = frozenset({502, 504})
 
 
 class NovitaError(Exception):
@@ -184,8 +187,13 @@ class NovitaClient:
             raise error_from_response(response)
         try:
             return TaskResult.model_validate(response.json())
-        except (ValueError, ValidationError) as exc:
-            raise NovitaUnavailable(f"task-result answered an unreadable body: {exc}") from exc
+        except ValidationError as exc:
+            # The count only: the values would put presigned URLs into the logs.
+            raise NovitaUnavailable(
+                f"task-result answered a body that is not a task result ({exc.error_count()} problems)"
+            ) from exc
+        except ValueError as exc:
+            raise NovitaUnavailable("task-result answered a body that is not JSON") from exc
 
     def _start_task(self, path: str, **request: Any) -> str:
         started = time.monotonic()
@@ -203,9 +211,14 @@ class NovitaClient:
                     f"no answer from Novita after the request was sent: {exc!r}"
                 ) from exc
             else:
-                if response.status_code == 200:
+                if response.is_success:
                     return self._task_id(response)
                 error = error_from_response(response)
+                if response.status_code in GATEWAY_STATUSES:
+                    # A gateway answered, not Novita: the request may have reached Novita.
+                    raise NovitaOutcomeUnknown(
+                        error.message, status_code=error.status_code, code=error.code, reason=error.reason
+                    )
                 if response.status_code != 429:
                     raise error
                 delay = retry_after_seconds(response) or 0.5 * 2 ** (attempt - 1)
@@ -240,9 +253,10 @@ class NovitaClient:
             task_id = response.json().get("task_id")
         except (ValueError, AttributeError):
             task_id = None
-        if not isinstance(task_id, str) or not task_id:
-            # Novita said 200, so a task may well exist; its id is what we lack.
+        if not isinstance(task_id, str) or not 0 < len(task_id) <= 256 or not task_id.isprintable():
+            # Novita said 2xx, so a task may well exist; a usable id is what we lack.
             raise NovitaOutcomeUnknown(
-                "Novita accepted the request but its answer has no task_id", status_code=200
+                "Novita accepted the request but its answer has no usable task_id",
+                status_code=response.status_code,
             )
         return task_id

@@ -7,26 +7,36 @@ beyond the documented ones are kept as they are and treated as "not finished".
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from shared.text import Utf8Str
 
 SUCCEED = "TASK_STATUS_SUCCEED"
 FAILED = "TASK_STATUS_FAILED"
 ASYNC_TASK_RESULT = "ASYNC_TASK_RESULT"
 
 
-def _ttl(value: Any) -> Any:
-    if isinstance(value, str):
-        stripped = value.strip()
-        try:
-            return int(float(stripped))
-        except ValueError:
-            return None
+# Longer than any presigned link lives; a larger TTL is not a TTL.
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _ttl(value: Any) -> int | None:
+    """Seconds from a number or a numeric string; None for anything else, so an odd TTL never
+    costs the result it came with."""
     if isinstance(value, bool):
         return None
-    return value
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= MAX_TTL_SECONDS:
+        return None
+    return int(value)
 
 
 Ttl = Annotated[int | None, BeforeValidator(_ttl)]
@@ -37,21 +47,21 @@ class _Lenient(BaseModel):
 
 
 class Task(_Lenient):
-    task_id: Annotated[str, Field(min_length=1)]
-    status: Annotated[str, Field(min_length=1)]
-    reason: str | None = None
-    task_type: str | None = None
+    task_id: Annotated[Utf8Str, Field(min_length=1, max_length=256)]
+    status: Annotated[Utf8Str, Field(min_length=1)]
+    reason: Utf8Str | None = None
+    task_type: Utf8Str | None = None
 
 
 class Image(_Lenient):
-    image_url: Annotated[str, Field(min_length=1)]
-    image_type: str | None = None
+    image_url: Annotated[Utf8Str, Field(min_length=1)]
+    image_type: Utf8Str | None = None
     image_url_ttl: Ttl = None
 
 
 class Video(_Lenient):
-    video_url: Annotated[str, Field(min_length=1)]
-    video_type: str | None = None
+    video_url: Annotated[Utf8Str, Field(min_length=1)]
+    video_type: Utf8Str | None = None
     video_url_ttl: Ttl = None
 
 
@@ -67,13 +77,12 @@ class TaskResult(_Lenient):
     def _merge_layouts(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        extra = data.get("extra")
-        if not isinstance(extra, dict):
-            return data
         merged = dict(data)
+        extra = data.get("extra") if isinstance(data.get("extra"), dict) else {}
         for key in ("images", "videos"):
-            if not merged.get(key) and isinstance(extra.get(key), list):
-                merged[key] = extra[key]
+            if not merged.get(key):
+                # An empty or null list at the top says nothing; the guide's layout may have it.
+                merged[key] = extra.get(key) if isinstance(extra.get(key), list) else []
         return merged
 
     @property
@@ -90,7 +99,7 @@ class TaskResult(_Lenient):
 
 
 class WebhookEvent(_Lenient):
-    event_type: str
+    event_type: Utf8Str
     payload: Any = None
 
     def task_result(self) -> TaskResult:

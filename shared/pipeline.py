@@ -45,12 +45,14 @@ from shared.novita_client import (
     NovitaUnavailable,
 )
 from shared.novita_models import TaskResult, expires_at
-from shared.sketch import CreateSketchRequest, Sketch, Status, utcnow
+from shared.sketch import CreateSketchRequest, Sketch, Status, new_sketch_id, utcnow
 from shared.sketch_store import Changes, Decide, SketchStore, StoreUnavailable
 from shared.webhook_tokens import Stage, webhook_url
 
 log = logging.getLogger(__name__)
 
+# Connect, write and read timeouts of a Kling request: the lease must still run this long when it is sent.
+KLING_REQUEST_BUDGET = timedelta(seconds=95)
 IMAGE_FAILED_DEFAULT = "Novita could not make the image (text-to-image task failed)"
 VIDEO_FAILED_DEFAULT = "Novita could not make the video (image-to-video task failed)"
 
@@ -128,7 +130,7 @@ class Pipeline:
         StartFailed, with the failed sketch, when Novita refuses or cannot be reached.
         """
         now = utcnow()
-        sketch = Sketch.new(uuid.uuid4().hex, request, now, user_id)
+        sketch = Sketch.new(new_sketch_id(), request, now, user_id)
         logs.bind_sketch(sketch.id)
         limit = self._settings.max_sketches_in_progress
         if user_id is not None and not self._store.claim_slot(user_id, sketch.id, limit):
@@ -160,16 +162,26 @@ class Pipeline:
             raise StartFailed(self._fail_unanswered(sketch.id, exc) or sketch, exc) from exc
         except NovitaOutcomeUnknown as exc:
             log.warning("text-to-image outcome unknown: %s", exc.describe(), extra={"sketch_id": sketch.id})
-            return self._store.get(sketch.id) or sketch
+            return sketch
+        started = {"image_task_id": task_id, "submission_unknown": None, "submission_unknown_since": None}
 
         def record(s: Sketch) -> Changes | None:
             if s.image_task_id is not None or s.status is not Status.IMAGE_PENDING:
                 return None  # an early webhook adopted the task id already
-            return {"image_task_id": task_id, "submission_unknown": None, "submission_unknown_since": None}
+            return started
 
-        updated, _ = self._change(sketch.id, record, known=sketch)
-        log.info("text-to-image task started", extra={"sketch_id": sketch.id, "task_id": task_id})
-        return updated or sketch
+        try:
+            self._change(sketch.id, record, known=sketch)
+        except StoreUnavailable:
+            # The paid task runs: its webhook names the sketch and will be adopted.
+            log.warning(
+                "text-to-image task started but not recorded",
+                extra={"sketch_id": sketch.id, "task_id": task_id},
+            )
+        else:
+            log.info("text-to-image task started", extra={"sketch_id": sketch.id, "task_id": task_id})
+        # The sketch as it was when its task started, even if a quick webhook has moved it on since.
+        return sketch.model_copy(update=started)
 
     def _fail_unanswered(self, sketch_id: str, exc: NovitaError) -> Sketch | None:
         reason = exc.describe()
@@ -239,6 +251,8 @@ class Pipeline:
         sketch, claimed = self._store.mutate(sketch_id, claim, known=known)
         if sketch is None:
             return Outcome.IGNORED
+        # A claim whose first answer was lost and retried reads back as somebody else's change.
+        claimed = claimed or sketch.chain_lease_owner == owner
         if not claimed:
             waiting = sketch.status is Status.IMAGE_COMPLETE and sketch.video_task_id is None
             return Outcome.IN_PROGRESS if waiting else Outcome.DUPLICATE
@@ -262,6 +276,7 @@ class Pipeline:
         still = self._fetch_still(sketch, owner)
         if still is None:
             return
+        sketch = self._hold_lease_for_kling(sketch, owner)
         try:
             video_task_id = self._novita.start_image_to_video(
                 image=still.data,
@@ -306,11 +321,40 @@ class Pipeline:
                 "recovery_due_at": self._recovery_due(utcnow()),
             }
 
-        self._change(sketch.id, record, known=sketch)
+        try:
+            self._change(sketch.id, record, known=sketch)
+        except StoreUnavailable as exc:
+            # The lease stays, so no other delivery asks Kling before this task's own webhook
+            # arrives and is adopted, unless the lease runs out first.
+            log.error(
+                "image-to-video task started but not recorded",
+                extra={"sketch_id": sketch.id, "task_id": video_task_id},
+            )
+            raise RetryLater(f"the image-to-video task {video_task_id} could not be recorded") from exc
         log.info(
             "image-to-video task started",
             extra={"sketch_id": sketch.id, "task_id": video_task_id, "status": Status.VIDEO_PENDING.value},
         )
+
+    def _hold_lease_for_kling(self, sketch: Sketch, owner: str) -> Sketch:
+        """Make sure the lease outlasts the Kling request about to be sent, or give up the chain.
+
+        A slow download may have used up most of the lease; another delivery must not take the
+        chain up while this one is still asking Kling.
+        """
+        now = utcnow()
+        if sketch.chain_lease_until is not None and sketch.chain_lease_until - now >= KLING_REQUEST_BUDGET:
+            return sketch
+        lease_until = now + timedelta(seconds=self._settings.chain_lease_seconds)
+
+        def renew(s: Sketch) -> Changes | None:
+            held = s.status is Status.IMAGE_COMPLETE and s.chain_lease_owner == owner
+            return {"chain_lease_until": lease_until, "recovery_due_at": lease_until} if held else None
+
+        renewed, held = self._change(sketch.id, renew, known=sketch)
+        if not held or renewed is None:
+            raise RetryLater("the chain's lease ran out while the still was downloaded")
+        return renewed
 
     def _fetch_still(self, sketch: Sketch, owner: str) -> Still | None:
         url = sketch.image_url
@@ -445,6 +489,10 @@ class Pipeline:
         return self._store.get(sketch.id) or claimed_sketch
 
     def _recover(self, s: Sketch, now: datetime) -> None:
+        max_age = timedelta(seconds=self._settings.max_sketch_age_seconds)
+        if s.created_at + max_age <= now:
+            self._give_up_old(s, max_age)
+            return
         if s.submission_unknown is not None:
             if self._unknown_outcome_expired(s, now):
                 self._give_up_unknown(s)
@@ -457,6 +505,15 @@ class Pipeline:
         task_id = s.current_task_id
         if task_id is not None:
             self._apply_recovered(s, task_id, "image" if s.status is Status.IMAGE_PENDING else "video")
+
+    def _give_up_old(self, s: Sketch, max_age: timedelta) -> None:
+        """Fail a sketch that is still not finished long after it was made, whatever holds it up
+        (a still that never downloads, a task-result that keeps failing, a lost result)."""
+        reason = (
+            f"not finished within {max_age.total_seconds():.0f} s of its creation (last status {s.status})"
+        )
+        self._change(s.id, lambda cur: None if cur.status.is_final else _fail(reason))
+        log.warning("gave up on a sketch that did not finish", extra={"sketch_id": s.id})
 
     def _give_up_unknown(self, s: Sketch) -> None:
         """Fail a sketch whose unconfirmed request brought no result within the grace period.

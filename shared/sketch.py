@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, field_validator
 
+from shared.text import Utf8Str
+
+_SKETCH_ID = re.compile(r"[0-9a-f]{32}")
 DEFAULT_VIDEO_PROMPT = "gentle cinematic camera movement, the scene comes to life"
 DEFAULT_NEGATIVE_PROMPT = ""
 
@@ -24,8 +29,7 @@ class Status(StrEnum):
         return self in (Status.COMPLETE, Status.FAILED)
 
 
-# Position of each status on the only path a sketch moves along; FAILED is reachable from any
-# non-final status.
+# Position of each status on the only path a sketch moves along.
 _ORDER = {
     Status.IMAGE_PENDING: 0,
     Status.IMAGE_COMPLETE: 1,
@@ -36,12 +40,14 @@ _ORDER = {
 
 
 def can_move(current: Status, new: Status) -> bool:
-    """Whether the state machine allows `current -> new` (forward only; finals never move)."""
+    """Whether the state machine allows `current -> new`: forward only, finals never move.
+
+    A step may be skipped (`image_complete -> complete` when Kling's webhook arrives before the
+    answer to the Kling request is recorded); FAILED is reachable from any status that is not final.
+    """
     if current.is_final:
         return False
-    if new is Status.FAILED:
-        return True
-    return _ORDER[new] == _ORDER[current] + 1
+    return new is Status.FAILED or _ORDER[new] > _ORDER[current]
 
 
 class CreateSketchRequest(BaseModel):
@@ -49,9 +55,9 @@ class CreateSketchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
-    negative_prompt: Annotated[StrictStr, Field(max_length=2000)] = DEFAULT_NEGATIVE_PROMPT
-    video_prompt: Annotated[StrictStr, Field(max_length=2500)] | None = None
+    prompt: Annotated[Utf8Str, Field(strict=True, min_length=1, max_length=2000)]
+    negative_prompt: Annotated[Utf8Str, Field(strict=True, max_length=2000)] = DEFAULT_NEGATIVE_PROMPT
+    video_prompt: Annotated[Utf8Str, Field(strict=True, max_length=2500)] | None = None
     width: Annotated[StrictInt, Field(ge=300, le=2048)] = 720
     height: Annotated[StrictInt, Field(ge=300, le=2048)] = 1280
     duration: Literal[5, 10] = 5
@@ -170,6 +176,15 @@ class Sketch(BaseModel):
         if self.user_id is not None:
             out["user_id"] = self.user_id
         return out
+
+
+def new_sketch_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_sketch_id(value: str) -> bool:
+    """Whether `value` could be a sketch id (anything else need not be looked up)."""
+    return _SKETCH_ID.fullmatch(value) is not None
 
 
 def iso_utc(moment: datetime) -> str:

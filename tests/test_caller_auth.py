@@ -126,8 +126,16 @@ def fb(firebase_stack: Stack, certs: CertServer) -> Iterator[Stack]:
 
 def claims(uid: str = "user-a", **changes: Any) -> dict[str, Any]:
     now = int(time.time())
-    base = {"iss": ISSUER, "aud": PROJECT, "sub": uid, "user_id": uid, "iat": now - 60,
-            "exp": now + 3600, "auth_time": now - 120, "firebase": {"sign_in_provider": "password"}}
+    base = {
+        "iss": ISSUER,
+        "aud": PROJECT,
+        "sub": uid,
+        "user_id": uid,
+        "iat": now - 60,
+        "exp": now + 3600,
+        "auth_time": now - 120,
+        "firebase": {"sign_in_provider": "password"},
+    }
     return {k: v for k, v in {**base, **changes}.items() if v is not None}
 
 
@@ -167,9 +175,14 @@ BAD_TOKENS: list[tuple[str, Callable[[], str]]] = [
     ("unknown kid", lambda: KEY.sign(claims(), kid="key-unknown")),
     ("no kid", lambda: pyjwt.encode(claims(), KEY.private, algorithm="RS256")),
     ("alg none", lambda: unsigned_token({"alg": "none", "kid": KEY.kid}, claims(), lambda _: b"")),
-    ("HS256 keyed by the certificate", lambda: unsigned_token(
-        {"alg": "HS256", "kid": KEY.kid}, claims(),
-        lambda m: hmac.new(KEY.cert_pem.encode(), m, hashlib.sha256).digest())),
+    (
+        "HS256 keyed by the certificate",
+        lambda: unsigned_token(
+            {"alg": "HS256", "kid": KEY.kid},
+            claims(),
+            lambda m: hmac.new(KEY.cert_pem.encode(), m, hashlib.sha256).digest(),
+        ),
+    ),
     ("no sub", lambda: KEY.sign(claims(sub=None))),
     ("empty sub", lambda: KEY.sign(claims(sub=""))),
     ("sub not a string", lambda: KEY.sign(claims(sub=42))),
@@ -255,8 +268,11 @@ def test_a_finished_sketch_frees_its_place(fb: Stack) -> None:
 
 
 def preflight_headers(origin: str) -> dict[str, str]:
-    return {"Origin": origin, "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization"}
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
 
 
 def test_cors_only_for_the_allowed_origin(fb: Stack) -> None:
@@ -315,8 +331,14 @@ def test_tokens_never_reach_the_logs(fb: Stack) -> None:
 
 @pytest.mark.parametrize(
     ("header", "seconds"),
-    [("public, max-age=19800, must-revalidate, no-transform", 19800), ("max-age=0", 0),
-     ('MAX-AGE="60"', 60), ("s-maxage=5, max-age=7", 7), ("no-cache", 3600), ("", 3600)],
+    [
+        ("public, max-age=19800, must-revalidate, no-transform", 19800),
+        ("max-age=0", 0),
+        ('MAX-AGE="60"', 60),
+        ("s-maxage=5, max-age=7", 7),
+        ("no-cache", 3600),
+        ("", 3600),
+    ],
 )
 def test_max_age_from_cache_control(header: str, seconds: float) -> None:
     assert max_age(header) == seconds

@@ -45,6 +45,12 @@ def test_missing_required_variable_is_named(name: str) -> None:
         ("NOVITA_WEBHOOK_TEST_MODE", "yes"),
         ("AUTH_MODE", "magic"),
         ("CHAIN_LEASE_SECONDS", "soon"),
+        ("CHAIN_LEASE_SECONDS", "nan"),
+        ("RECOVERY_INTERVAL_SECONDS", "1e300"),
+        ("MAX_SKETCHES_IN_PROGRESS", "inf"),
+        ("MAX_SKETCHES_IN_PROGRESS", "2.5"),
+        ("SKETCHES_COLLECTION", "a/b"),
+        ("SKETCHES_COLLECTION", "__reserved__"),
     ],
 )
 def test_malformed_variable_is_named(name: str, value: str) -> None:

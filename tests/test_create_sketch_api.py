@@ -194,3 +194,37 @@ def test_other_methods_answer_405(stack: Stack, method: str) -> None:
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
     assert stack.stored_count() == 0
+
+
+def test_preflight_without_an_origin_still_names_the_allowed_origin(stack: Stack) -> None:
+    response = stack.http.options(stack.create.url)
+
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(stack: Stack) -> None:
+    response = stack.http.post(
+        stack.create.url, content=b"[" * 60000, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_text_that_cannot_be_stored_is_refused_naming_the_field(stack: Stack) -> None:
+    response = stack.http.post(
+        stack.create.url, content=b'{"prompt": "a cat \\ud800"}', headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "prompt"
+    assert stack.stored_count() == 0
+
+
+@pytest.mark.parametrize("sketch_id", ["__x__", ".", "..", "a" * 1500, "0" * 31, "Z" * 32])
+def test_get_of_an_id_that_cannot_exist_is_404(stack: Stack, sketch_id: str) -> None:
+    response = stack.get_sketch(sketch_id)
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"

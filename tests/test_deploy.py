@@ -180,8 +180,13 @@ class Fake:
         self, *args: str, env: dict[str, str] | None = None, **extra: str
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["bash", str(DEPLOY), *args], cwd=ROOT, env=env or self.env(**extra),
-            capture_output=True, text=True, timeout=90, check=False,
+            ["bash", str(DEPLOY), *args],
+            cwd=ROOT,
+            env=env or self.env(**extra),
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
         )
 
     def calls(self, tool: str | None = None) -> list[dict[str, Any]]:
@@ -226,8 +231,17 @@ def test_help_lists_every_flag(fake: Fake) -> None:
     result = fake.run("--help")
     assert result.returncode == 0, output(result)
     for flag in (
-        "--project", "--region", "--auth-mode", "--cors-origins", "--novita-base-url", "--t2i-model",
-        "--api-key-secret", "--webhook-secret-secret", "--dry-run", "--stage-only", "--help",
+        "--project",
+        "--region",
+        "--auth-mode",
+        "--cors-origins",
+        "--novita-base-url",
+        "--t2i-model",
+        "--api-key-secret",
+        "--webhook-secret-secret",
+        "--dry-run",
+        "--stage-only",
+        "--help",
     ):
         assert flag in result.stdout
     assert fake.calls() == []
@@ -318,7 +332,9 @@ def test_dry_run_prints_every_command_and_runs_none(fake: Fake) -> None:
 
 
 def test_full_run_deploys_webhook_first_then_create_sketch(fake: Fake) -> None:
-    result = fake.run("--project", PROJECT, "--cors-origins", "https://app.example.com, http://localhost:5173")
+    result = fake.run(
+        "--project", PROJECT, "--cors-origins", "https://app.example.com, http://localhost:5173"
+    )
     assert result.returncode == 0, output(result)
     deploys = fake.deploys()
     assert [d["argv"][2] for d in deploys] == ["novita-webhook", "novita-webhook", "create-sketch"]
@@ -401,8 +417,16 @@ def test_running_again_is_a_plain_update(fake: Fake) -> None:
 
 
 def test_auth_mode_none_is_passed_and_warned_about(fake: Fake) -> None:
-    result = fake.run("--project", PROJECT, "--auth-mode", "none", "--t2i-model", "flux_1",
-                      "--novita-base-url", "https://novita.example.com")
+    result = fake.run(
+        "--project",
+        PROJECT,
+        "--auth-mode",
+        "none",
+        "--t2i-model",
+        "flux_1",
+        "--novita-base-url",
+        "https://novita.example.com",
+    )
     assert result.returncode == 0, output(result)
     assert "WARNING" in result.stderr and "ANYONE" in result.stderr
     assert "AUTH_MODE=none" in result.stdout
@@ -414,8 +438,9 @@ def test_auth_mode_none_is_passed_and_warned_about(fake: Fake) -> None:
 
 
 def test_secret_names_and_region_can_be_changed(fake: Fake) -> None:
-    result = fake.run("--project", PROJECT, "--api-key-secret", "nk", "--webhook-secret-secret=wh",
-                      REGION="europe-west1")
+    result = fake.run(
+        "--project", PROJECT, "--api-key-secret", "nk", "--webhook-secret-secret=wh", REGION="europe-west1"
+    )
     assert result.returncode == 0, output(result)
     described = [c["argv"][2] for c in fake.calls("gcloud") if c["argv"][:2] == ["secrets", "describe"]]
     assert described == ["nk", "wh"]
@@ -428,7 +453,9 @@ def test_first_rules_release_is_created(fake: Fake) -> None:
     result = fake.run("--project", PROJECT, FAKE_NO_RELEASE="1")
     assert result.returncode == 0, output(result)
     assert [(c["method"], c["url"].rsplit("/", 1)[1]) for c in fake.calls("curl")] == [
-        ("POST", "rulesets"), ("PATCH", "cloud.firestore"), ("POST", "releases"),
+        ("POST", "rulesets"),
+        ("PATCH", "cloud.firestore"),
+        ("POST", "releases"),
     ]
 
 
@@ -447,8 +474,13 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stage = tmp_path_factory.mktemp("stage")
     env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_CLOUD_PROJECT", "PYTHONPATH")}
     result = subprocess.run(
-        ["bash", str(DEPLOY), "--stage-only", str(stage)], cwd=stage, env=env,
-        capture_output=True, text=True, timeout=60, check=False,
+        ["bash", str(DEPLOY), "--stage-only", str(stage)],
+        cwd=stage,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return stage
@@ -458,7 +490,10 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_staged_folder_is_self_contained(staged: Path, entry: str) -> None:
     folder = staged / entry
     assert sorted(p.name for p in folder.iterdir()) == [
-        ".gcloudignore", "main.py", "requirements.txt", "shared",
+        ".gcloudignore",
+        "main.py",
+        "requirements.txt",
+        "shared",
     ]
     assert filecmp.cmp(folder / "main.py", ROOT / "functions" / entry / "main.py", shallow=False)
     assert (folder / "requirements.txt").read_bytes() == (ROOT / "requirements.txt").read_bytes()
@@ -476,17 +511,31 @@ def test_staged_folder_is_self_contained(staged: Path, entry: str) -> None:
 def test_staging_again_replaces_the_folders(staged: Path) -> None:
     stale = staged / "create_sketch" / "shared" / "stale.py"
     stale.write_text("raise SystemExit('stale')\n")
-    result = subprocess.run(["bash", str(DEPLOY), "--stage-only", str(staged)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", str(DEPLOY), "--stage-only", str(staged)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert not stale.exists()
 
 
 def staged_env(folder: Path) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items()
-        if k not in ("PYTHONPATH", "FIRESTORE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "AUTH_MODE",
-                     "CORS_ALLOWED_ORIGINS", "NOVITA_BASE_URL", "SKETCHES_COLLECTION")
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PYTHONPATH",
+            "FIRESTORE_EMULATOR_HOST",
+            "GOOGLE_CLOUD_PROJECT",
+            "AUTH_MODE",
+            "CORS_ALLOWED_ORIGINS",
+            "NOVITA_BASE_URL",
+            "SKETCHES_COLLECTION",
+        )
     }
     env.update(
         PYTHONPATH=str(folder),
@@ -505,8 +554,19 @@ def served(staged: Path, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
     entry = request.param
     folder = staged / entry
     port = free_port()
-    cmd = [sys.executable, "-m", "functions_framework", "--source", "main.py", "--target", entry,
-           "--host", LOOPBACK, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--source",
+        "main.py",
+        "--target",
+        entry,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+    ]
     proc = start(cmd, env=staged_env(folder), log_path=tmp_path / f"{entry}.log", cwd=folder)
     url = f"http://{LOOPBACK}:{port}/"
     try:
@@ -525,8 +585,15 @@ def test_staged_folder_imports_only_its_own_copy(staged: Path) -> None:
         "import importlib.util, shared; print(shared.__file__); "
         "print(importlib.util.find_spec('devstack'), importlib.util.find_spec('functions'))"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=folder, env=staged_env(folder),
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=folder,
+        env=staged_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     shared_file, specs = result.stdout.splitlines()
     assert Path(shared_file).resolve().is_relative_to(folder.resolve())
@@ -536,8 +603,9 @@ def test_staged_folder_imports_only_its_own_copy(staged: Path) -> None:
 @pytest.mark.parametrize("served", ["create_sketch"], indirect=True)
 def test_staged_create_sketch_serves(served: str) -> None:
     with httpx.Client(timeout=httpx.Timeout(10.0)) as http:
-        preflight = http.options(served, headers={"Origin": "https://app.example.com",
-                                                  "Access-Control-Request-Method": "POST"})
+        preflight = http.options(
+            served, headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+        )
         assert preflight.status_code == 204
         bad = http.post(served, content=b"{not json", headers={"Content-Type": "application/json"})
         assert bad.status_code == 400
@@ -560,6 +628,7 @@ def test_shellcheck_is_clean() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    result = subprocess.run([shellcheck, "--severity=style", str(DEPLOY)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [shellcheck, "--severity=style", str(DEPLOY)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -116,8 +116,8 @@ def test_novita_429_and_5xx_bursts_lose_nothing_and_pay_nothing_twice(recovery_s
     stack = recovery_stack
     bursts = {
         "txt2img": [429, 429, 503, 429],
-        "kling": [500, 503, 429, 429, 500, 502, 504, 429],
-        "task_result": [503, 504, 429, 503],
+        "kling": [500, 503, 429, 429, 500, 503, 500, 429],
+        "task_result": [503, 504, 429, 502],
     }
     stack.simulator.configure(http_errors=bursts)
     answers = [stack.post_sketch({"prompt": f"burst {i}"}) for i in range(20)]
@@ -173,7 +173,11 @@ FUZZ_EXAMPLES = 300
 _fuzz_counts: Counter[str] = Counter()
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )

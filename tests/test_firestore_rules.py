@@ -77,9 +77,13 @@ class Docs:
     def query(self, headers: dict[str, str], user_id: str | None) -> httpx.Response:
         query: dict[str, Any] = {"from": [{"collectionId": "sketches"}]}
         if user_id is not None:
-            query["where"] = {"fieldFilter": {
-                "field": {"fieldPath": "user_id"}, "op": "EQUAL", "value": {"stringValue": user_id},
-            }}
+            query["where"] = {
+                "fieldFilter": {
+                    "field": {"fieldPath": "user_id"},
+                    "op": "EQUAL",
+                    "value": {"stringValue": user_id},
+                }
+            }
         return self.http.post(f"{self.base}:runQuery", json={"structuredQuery": query}, headers=headers)
 
 
@@ -134,10 +138,15 @@ def test_owner_cannot_write_create_or_delete(docs: Docs) -> None:
     owner = as_user("alice")
     change = {"fields": {"user_id": {"stringValue": "alice"}, "status": {"stringValue": "complete"}}}
     assert docs.http.patch(f"{docs.base}/sketches/alice-1", json=change, headers=owner).status_code == 403
-    assert docs.http.post(
-        f"{docs.base}/sketches", params={"documentId": "alice-2"},
-        json={"fields": {"user_id": {"stringValue": "alice"}}}, headers=owner,
-    ).status_code == 403
+    assert (
+        docs.http.post(
+            f"{docs.base}/sketches",
+            params={"documentId": "alice-2"},
+            json={"fields": {"user_id": {"stringValue": "alice"}}},
+            headers=owner,
+        ).status_code
+        == 403
+    )
     assert docs.http.delete(f"{docs.base}/sketches/alice-1", headers=owner).status_code == 403
     assert docs.http.patch(f"{docs.base}/sketches/x", json=change, headers=NOBODY).status_code == 403
     stored = docs.get("sketches/alice-1", ADMIN).json()["fields"]
@@ -147,9 +156,14 @@ def test_owner_cannot_write_create_or_delete(docs: Docs) -> None:
 
 def test_everything_else_is_denied(docs: Docs) -> None:
     assert docs.get("other/alice", as_user("alice")).status_code == 403
-    assert docs.http.patch(
-        f"{docs.base}/users/alice", json={"fields": {"x": {"stringValue": "y"}}}, headers=as_user("alice"),
-    ).status_code == 403
+    assert (
+        docs.http.patch(
+            f"{docs.base}/users/alice",
+            json={"fields": {"x": {"stringValue": "y"}}},
+            headers=as_user("alice"),
+        ).status_code
+        == 403
+    )
 
 
 def test_admin_bypasses_the_rules(docs: Docs) -> None:

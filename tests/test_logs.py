@@ -21,8 +21,13 @@ TRACE = f"projects/{PROJECT}/traces/105445aa7843bc8bf206b12000100000"
 STATUSES = {"image_pending", "image_complete", "video_pending", "complete"}
 
 
-def _record(msg: str = "hello %s", args: tuple[Any, ...] = ("world",), level: int = logging.INFO,
-            extra: dict[str, Any] | None = None, exc_info: Any = None) -> logging.LogRecord:
+def _record(
+    msg: str = "hello %s",
+    args: tuple[Any, ...] = ("world",),
+    level: int = logging.INFO,
+    extra: dict[str, Any] | None = None,
+    exc_info: Any = None,
+) -> logging.LogRecord:
     logger = logging.getLogger("test.logs")
     return logger.makeRecord(logger.name, level, __file__, 1, msg, args, exc_info, extra=extra)
 
@@ -52,8 +57,14 @@ def test_severity_message_and_extra_fields() -> None:
 
 @pytest.mark.parametrize(
     ("level", "severity"),
-    [(logging.DEBUG, "DEBUG"), (logging.INFO, "INFO"), (logging.WARNING, "WARNING"),
-     (logging.ERROR, "ERROR"), (logging.CRITICAL, "CRITICAL"), (25, "DEFAULT")],
+    [
+        (logging.DEBUG, "DEBUG"),
+        (logging.INFO, "INFO"),
+        (logging.WARNING, "WARNING"),
+        (logging.ERROR, "ERROR"),
+        (logging.CRITICAL, "CRITICAL"),
+        (25, "DEFAULT"),
+    ],
 )
 def test_severity_is_one_cloud_logging_knows(level: int, severity: str) -> None:
     assert _format(_record(level=level))["severity"] == severity
@@ -127,8 +138,9 @@ def _entries(path: Path) -> list[dict[str, Any]]:
 
 
 def test_a_whole_sketch_logs_json_lines_with_its_status_changes_and_no_secrets(stack: Stack) -> None:
-    response = stack.post_sketch({"prompt": "a heron reading a newspaper"},
-                                 headers={"X-Cloud-Trace-Context": TRACE_HEADER})
+    response = stack.post_sketch(
+        {"prompt": "a heron reading a newspaper"}, headers={"X-Cloud-Trace-Context": TRACE_HEADER}
+    )
     assert response.status_code == 202
     sketch_id = response.json()["id"]
     done = stack.wait_for_status(sketch_id, "complete")
@@ -145,17 +157,18 @@ def test_a_whole_sketch_logs_json_lines_with_its_status_changes_and_no_secrets(s
             break
         time.sleep(0.1)
 
-    assert statuses >= STATUSES, [
-        (e["message"], e.get("status")) for e in mine
-    ]
+    assert statuses >= STATUSES, [(e["message"], e.get("status")) for e in mine]
     task_ids = {e.get("task_id") for e in mine}
     assert {done.image_task_id, done.video_task_id} <= task_ids
 
     created = [e for e in _entries(create_log) if e.get("sketch_id") == sketch_id]
     assert created and all(e.get("logging.googleapis.com/trace") == TRACE for e in created)
     # The text-to-image call to Novita, timed, within the traced request.
-    novita_calls = [e for e in _entries(create_log)
-                    if e.get("logging.googleapis.com/trace") == TRACE and "duration_ms" in e]
+    novita_calls = [
+        e
+        for e in _entries(create_log)
+        if e.get("logging.googleapis.com/trace") == TRACE and "duration_ms" in e
+    ]
     assert novita_calls, "no line with duration_ms for the Novita call of the traced request"
 
     text = create_log.read_text(encoding="utf-8") + webhook_log.read_text(encoding="utf-8")

@@ -52,9 +52,7 @@ def stub_resolver(table: dict[str, list[str]]) -> Callable[[str, int], list[str]
         try:
             return table[host]
         except KeyError:
-            raise socket.gaierror(
-                socket.EAI_NONAME, "Name or service not known"
-            ) from None
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
 
     return resolve
 
@@ -67,9 +65,7 @@ def exploding_client() -> httpx.Client:
     def handler(request: httpx.Request) -> httpx.Response:
         raise AssertionError(f"no connection may be attempted, got {request.url}")
 
-    return httpx.Client(
-        transport=httpx.MockTransport(handler), timeout=httpx.Timeout(1.0)
-    )
+    return httpx.Client(transport=httpx.MockTransport(handler), timeout=httpx.Timeout(1.0))
 
 
 def image_bytes(fmt: str, width: int, height: int) -> bytes:
@@ -177,9 +173,7 @@ def test_refusal_messages_name_the_rule() -> None:
 
 def test_public_name_is_allowed_with_its_addresses() -> None:
     resolve = stub_resolver({"media.example": [PUBLIC_V4, PUBLIC_V6]})
-    addresses = check_media_url(
-        "https://media.example:8443/a.jpg?sig=1", "public-https", resolve
-    )
+    addresses = check_media_url("https://media.example:8443/a.jpg?sig=1", "public-https", resolve)
     assert addresses == [
         ipaddress.ip_address(PUBLIC_V4),
         ipaddress.ip_address(PUBLIC_V6),
@@ -197,9 +191,7 @@ def test_public_ip_literal_is_checked_without_dns() -> None:
 
 def test_ipv4_mapped_public_address_is_used_as_ipv4() -> None:
     url = f"https://[::ffff:{PUBLIC_V4}]/a.jpg"
-    assert check_media_url(url, "public-https", no_dns) == [
-        ipaddress.ip_address(PUBLIC_V4)
-    ]
+    assert check_media_url(url, "public-https", no_dns) == [ipaddress.ip_address(PUBLIC_V4)]
 
 
 def test_resolver_receives_host_and_default_port() -> None:
@@ -230,9 +222,7 @@ def test_any_policy_allows_loopback_http_but_not_other_schemes() -> None:
         ipaddress.ip_address("127.0.0.1"),
         ipaddress.ip_address("::1"),
     ]
-    assert check_media_url("http://10.0.0.5/x.jpg", "any", no_dns) == [
-        ipaddress.ip_address("10.0.0.5")
-    ]
+    assert check_media_url("http://10.0.0.5/x.jpg", "any", no_dns) == [ipaddress.ip_address("10.0.0.5")]
     for url in ("file:///etc/passwd", "ftp://x/", "data:,x", "gopher://x/"):
         with pytest.raises(MediaRejected) as info:
             check_media_url(url, "any", no_dns)
@@ -285,9 +275,7 @@ def test_property_non_public_literals_are_refused(
     address: ipaddress.IPv4Address | ipaddress.IPv6Address,
 ) -> None:
     with pytest.raises(MediaRejected):
-        check_media_url(
-            f"https://{url_host(address)}/still.jpg", "public-https", no_dns
-        )
+        check_media_url(f"https://{url_host(address)}/still.jpg", "public-https", no_dns)
 
 
 @given(address=non_public_addresses)
@@ -348,9 +336,7 @@ def mock_client(
         recorder.requests.append(request)
         return routes[request.url.path](request)
 
-    return httpx.Client(
-        transport=httpx.MockTransport(handler), timeout=httpx.Timeout(1.0)
-    )
+    return httpx.Client(transport=httpx.MockTransport(handler), timeout=httpx.Timeout(1.0))
 
 
 def test_pinning_rewrites_host_and_keeps_name_for_host_header_and_sni() -> None:
@@ -422,14 +408,10 @@ def test_redirect_to_refused_target_is_not_followed(location: str) -> None:
 def test_redirect_to_public_host_is_pinned_again() -> None:
     recorder = Recorder()
     routes = {
-        "/start": lambda r: httpx.Response(
-            302, headers={"Location": "https://storage.example/still.jpg"}
-        ),
+        "/start": lambda r: httpx.Response(302, headers={"Location": "https://storage.example/still.jpg"}),
         "/still.jpg": lambda r: httpx.Response(200, content=b"jpeg"),
     }
-    resolve = stub_resolver(
-        {"cdn.example": [PUBLIC_V4], "storage.example": ["8.8.8.8"]}
-    )
+    resolve = stub_resolver({"cdn.example": [PUBLIC_V4], "storage.example": ["8.8.8.8"]})
     with mock_client(routes, recorder) as client:
         body = fetch_media(
             "https://cdn.example/start",
@@ -485,9 +467,7 @@ def test_invalid_redirect_target_is_not_followed(location: str) -> None:
 def test_compressed_body_is_refused() -> None:
     recorder = Recorder()
     routes = {
-        "/still.jpg": lambda r: httpx.Response(
-            200, headers={"Content-Encoding": "gzip"}, content=b"\x1f\x8b"
-        )
+        "/still.jpg": lambda r: httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"\x1f\x8b")
     }
     resolve = stub_resolver({"cdn.example": [PUBLIC_V4]})
     with mock_client(routes, recorder) as client, pytest.raises(MediaRejected) as info:
@@ -683,9 +663,7 @@ def test_small_image_is_rejected(server: LoopbackServer, client: httpx.Client) -
     assert str(info.value) == "image is 200x200 pixels; at least 300x300 is required"
 
 
-def test_text_served_as_jpeg_is_rejected(
-    server: LoopbackServer, client: httpx.Client
-) -> None:
+def test_text_served_as_jpeg_is_rejected(server: LoopbackServer, client: httpx.Client) -> None:
     data = fetch(server.url("/text.jpg"), client)
     with pytest.raises(MediaRejected) as info:
         inspect_still(data)
@@ -694,9 +672,7 @@ def test_text_served_as_jpeg_is_rejected(
 
 
 @pytest.mark.parametrize("path", ["/big-chunked.jpg", "/big-until-close.jpg"])
-def test_oversized_stream_is_aborted_early(
-    server: LoopbackServer, client: httpx.Client, path: str
-) -> None:
+def test_oversized_stream_is_aborted_early(server: LoopbackServer, client: httpx.Client, path: str) -> None:
     server.big_done.clear()
     with pytest.raises(MediaRejected) as info:
         fetch(server.url(path), client, max_bytes=1024 * 1024)
@@ -707,31 +683,23 @@ def test_oversized_stream_is_aborted_early(
     assert server.big_sent < BIG_BODY_BYTES // 5
 
 
-def test_declared_oversize_is_refused_before_reading(
-    server: LoopbackServer, client: httpx.Client
-) -> None:
+def test_declared_oversize_is_refused_before_reading(server: LoopbackServer, client: httpx.Client) -> None:
     with pytest.raises(MediaRejected) as info:
         fetch(server.url("/big-declared.jpg"), client)
     assert info.value.rule == "too_large"
     assert str(info.value) == "image is larger than 10 MB"
 
 
-def test_redirect_is_followed_under_any(
-    server: LoopbackServer, client: httpx.Client
-) -> None:
+def test_redirect_is_followed_under_any(server: LoopbackServer, client: httpx.Client) -> None:
     assert fetch(server.url("/redirect"), client) == JPEG_720x1280
 
 
-def test_redirects_up_to_the_limit_are_followed(
-    server: LoopbackServer, client: httpx.Client
-) -> None:
+def test_redirects_up_to_the_limit_are_followed(server: LoopbackServer, client: httpx.Client) -> None:
     # /chain/2 -> /chain/1 -> /chain/0 -> /still.jpg is three redirects.
     assert fetch(server.url("/chain/2"), client, max_redirects=3) == JPEG_720x1280
 
 
-def test_redirect_chain_longer_than_limit_is_rejected(
-    server: LoopbackServer, client: httpx.Client
-) -> None:
+def test_redirect_chain_longer_than_limit_is_rejected(server: LoopbackServer, client: httpx.Client) -> None:
     before = len(server.hits)
     with pytest.raises(MediaRejected) as info:
         fetch(server.url("/chain/3"), client, max_redirects=3)
@@ -739,9 +707,7 @@ def test_redirect_chain_longer_than_limit_is_rejected(
     assert len(server.hits) - before == 4
 
 
-def test_redirect_without_location_is_rejected(
-    server: LoopbackServer, client: httpx.Client
-) -> None:
+def test_redirect_without_location_is_rejected(server: LoopbackServer, client: httpx.Client) -> None:
     with pytest.raises(MediaRejected) as info:
         fetch(server.url("/redirect-no-location"), client)
     assert info.value.rule == "bad_redirect"
@@ -812,9 +778,7 @@ def self_signed_cert(name: str) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -854,9 +818,7 @@ def test_pinned_tls_verifies_certificate_and_sni_for_the_name(
 ) -> None:
     port = tls_server.server.port
     resolve = stub_resolver({"media.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
-    with httpx.Client(
-        verify=tls_server.ca, timeout=httpx.Timeout(2.0), trust_env=False
-    ) as client:
+    with httpx.Client(verify=tls_server.ca, timeout=httpx.Timeout(2.0), trust_env=False) as client:
         body = fetch(f"https://media.test:{port}/still.jpg", client, resolve=resolve)
         assert body == JPEG_720x1280
         assert tls_server.sni[-1] == "media.test"
@@ -880,9 +842,7 @@ def test_inspect_rejects_either_side_too_small(width: int, height: int) -> None:
     with pytest.raises(MediaRejected) as info:
         inspect_still(image_bytes("JPEG", width, height))
     assert info.value.rule == "too_small"
-    assert str(info.value) == (
-        f"image is {width}x{height} pixels; at least 300x300 is required"
-    )
+    assert str(info.value) == (f"image is {width}x{height} pixels; at least 300x300 is required")
 
 
 def test_inspect_rejects_too_large_before_parsing() -> None:

@@ -215,3 +215,28 @@ def test_task_result_does_not_retry_a_404() -> None:
     with pytest.raises(NovitaRejected):
         client.task_result("t")
     assert len(requests) == 1
+
+
+@pytest.mark.parametrize("status", [201, 202])
+def test_any_2xx_with_a_task_id_is_a_started_task(status: int) -> None:
+    client, _, _ = client_with(lambda r: httpx.Response(status, json={"task_id": "t-2"}))
+    assert start_image(client) == "t-2"
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_error_on_a_post_is_an_unknown_outcome_and_not_resent(status: int) -> None:
+    client, requests, _ = client_with(lambda r: httpx.Response(status, text="upstream timed out"))
+    with pytest.raises(NovitaOutcomeUnknown) as caught:
+        start_image(client)
+    assert caught.value.status_code == status
+    assert len(requests) == 1
+
+
+def test_unreadable_task_result_does_not_quote_its_urls() -> None:
+    secret_url = "https://cdn.test/still.jpg?X-Amz-Signature=abc"
+    client, _, _ = client_with(
+        lambda r: httpx.Response(200, json={"task": {"task_id": "t"}, "images": [{"image_url": secret_url}]})
+    )
+    with pytest.raises(NovitaUnavailable) as caught:
+        client.task_result("t")
+    assert "X-Amz-Signature" not in str(caught.value)

@@ -63,3 +63,32 @@ def test_unknown_status_is_kept_and_not_final() -> None:
 def test_malformed_payloads_are_refused(payload: object) -> None:
     with pytest.raises(ValidationError):
         WebhookEvent.model_validate({"event_type": "ASYNC_TASK_RESULT", "payload": payload}).task_result()
+
+
+@pytest.mark.parametrize("ttl", ["inf", "-5", 10**15, float("inf"), "nan", {"s": 1}, [3600], True])
+def test_unusable_ttls_are_dropped_not_fatal(ttl: object) -> None:
+    result = TaskResult.model_validate(
+        {
+            "task": {"task_id": "t", "status": "TASK_STATUS_SUCCEED"},
+            "images": [{**IMAGE, "image_url_ttl": ttl}],
+        }
+    )
+    assert result.images[0].image_url_ttl is None
+
+
+def test_null_lists_fall_back_to_the_other_layout() -> None:
+    result = TaskResult.model_validate(
+        {
+            "task": {"task_id": "t", "status": "TASK_STATUS_SUCCEED"},
+            "images": None,
+            "extra": {"images": [IMAGE]},
+        }
+    )
+    assert result.images[0].image_url == IMAGE["image_url"]
+
+
+def test_text_with_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        TaskResult.model_validate(
+            {"task": {"task_id": "t", "status": "TASK_STATUS_FAILED", "reason": "x\ud800"}}
+        )

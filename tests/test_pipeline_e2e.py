@@ -303,3 +303,35 @@ def test_webhook_answers_options_and_refuses_other_methods(stack: Stack) -> None
 
     assert options.status_code == 204
     assert get.status_code == 405 and put.status_code == 405
+
+
+def test_hostile_bodies_with_a_valid_token_are_4xx_or_200_and_change_nothing(stack: Stack) -> None:
+    stack.simulator.configure(drop_webhooks=True)
+    sketch = create(stack)
+    before = stack.stored(sketch["id"])
+    url = stack.webhook_url(sketch["id"])
+    task = sketch["image_task_id"]
+    bodies = [
+        b"[" * 70000,  # nested deeper than any parser recurses
+        rb'{"event_type": "X\ud800"}',  # a lone surrogate, which UTF-8 cannot carry
+        b'{"event_type": "ASYNC_TASK_RESULT", "payload": {"task": {"task_id": "%s", '
+        b'"status": "TASK_STATUS_FAILED", "reason": "bad \\ud800"}}}' % task.encode(),
+    ]
+
+    answers = [stack.http.post(url, content=b, headers={"Content-Type": "application/json"}) for b in bodies]
+
+    assert [a.status_code for a in answers] == [400, 400, 400]
+    assert stack.stored(sketch["id"]) == before
+
+
+def test_huge_or_infinite_ttls_are_ignored_not_fatal(stack: Stack) -> None:
+    stack.simulator.configure(drop_webhooks=True)
+    sketch = create(stack)
+    event = stack.finished_event(sketch["image_task_id"])
+    event["payload"]["images"][0]["image_url_ttl"] = "inf"
+
+    response = deliver(stack, sketch["id"], event)
+
+    assert response.status_code == 200
+    after = stack.stored(sketch["id"])
+    assert after is not None and after.status.value == "video_pending" and after.image_url_expires_at is None

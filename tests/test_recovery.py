@@ -189,16 +189,19 @@ def test_chain_killed_half_way_is_taken_up_once_its_lease_runs_out(stack_factory
     event = stack.finished_event(sketch["image_task_id"])
     first = threading.Thread(target=lambda: _swallow(lambda: stack.deliver(sketch["id"], event)))
     first.start()
-    claimed = stack.wait_for_status(sketch["id"], "image_complete")
-    time.sleep(0.3)  # the Kling request is under way
+    stack.wait_for_status(sketch["id"], "image_complete")
+    deadline = time.monotonic() + 10
+    while stack.kling_requests() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait until the Kling request is under way
 
     stack.webhook.kill()
     first.join(10)
     stack.webhook.start()
     stack.simulator.configure(kling_accept_delay=0.0)
     early = stack.deliver(sketch["id"], event)
-    assert claimed.chain_lease_until is not None
-    time.sleep(max(0.0, claimed.chain_lease_until.timestamp() - time.time()) + 0.2)
+    held = stack.stored(sketch["id"])
+    assert held is not None and held.chain_lease_until is not None
+    time.sleep(max(0.0, held.chain_lease_until.timestamp() - time.time()) + 0.2)
     late = stack.deliver(sketch["id"], event)
 
     assert early.status_code == 200 and early.json()["outcome"] == "in_progress"
@@ -251,3 +254,17 @@ def test_lost_answer_with_no_webhook_fails_after_the_grace_period_and_is_never_r
     assert final["status"] == "failed"
     assert "not sent again" in final["error_message"]
     assert stack.kling_requests() == 1
+
+
+def test_a_sketch_that_cannot_finish_fails_once_it_is_too_old(stack_factory) -> None:  # noqa: ANN001
+    stack: Stack = stack_factory("max-age", MAX_SKETCH_AGE_SECONDS="3", RECOVERY_INTERVAL_SECONDS="0.5")
+    stack.emulator.reset("sketch-machine-test")
+    stack.simulator.reset()
+    # No webhook, and task-result never answers usefully: nothing else could ever finish it.
+    stack.simulator.configure(drop_webhooks=True, http_errors={"task_result": [404] * 100})
+    sketch = stack.create_sketch()
+
+    final = poll_until_final(stack, sketch["id"], timeout=20)
+
+    assert final["status"] == "failed"
+    assert "not finished within 3 s" in final["error_message"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import flask
@@ -15,15 +14,17 @@ from shared.http_api import (
     BodyTooLarge,
     cors_headers,
     error_response,
+    internal_error,
     json_response,
     method_not_allowed,
+    parse_json,
     preflight,
     read_body,
 )
 from shared.novita_client import NovitaUnavailable
 from shared.pipeline import StartFailed, TooManySketches
 from shared.runtime import get_runtime, load_settings_or_exit
-from shared.sketch import CreateSketchRequest
+from shared.sketch import CreateSketchRequest, is_sketch_id
 from shared.sketch_store import StoreUnavailable
 
 log = logging.getLogger("create_sketch")
@@ -55,6 +56,9 @@ def create_sketch(request: flask.Request) -> flask.Response:
     except StoreUnavailable as exc:
         log.warning("Firestore unavailable: %s", exc)
         response = error_response(503, "store_unavailable", "the sketch store is unavailable; try again")
+    except Exception:
+        log.exception("unexpected error")
+        response = internal_error()
     response.headers.update(cors)
     return response
 
@@ -64,7 +68,7 @@ def _get(request: flask.Request, user_id: str | None) -> flask.Response:
     if not sketch_id:
         return error_response(400, "invalid_field", "id: query parameter is required", field="id")
     runtime = get_runtime()
-    sketch = runtime.store.get(sketch_id) if len(sketch_id) <= 128 and "/" not in sketch_id else None
+    sketch = runtime.store.get(sketch_id) if is_sketch_id(sketch_id) else None
     if sketch is None or (user_id is not None and sketch.user_id != user_id):
         return error_response(404, "not_found", f"no sketch with id {sketch_id!r}")
     return json_response(200, runtime.pipeline.refresh(sketch).to_json())
@@ -76,8 +80,8 @@ def _post(request: flask.Request, user_id: str | None) -> flask.Response:
     except BodyTooLarge:
         return error_response(413, "body_too_large", f"the body is over {MAX_BODY_BYTES // 1024} KiB")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = parse_json(raw)
+    except ValueError:
         return error_response(400, "invalid_json", "the body is not valid JSON")
     if not isinstance(body, dict):
         return error_response(400, "invalid_json", "the body must be a JSON object")

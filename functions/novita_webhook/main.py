@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import flask
@@ -13,8 +12,10 @@ from shared import logs
 from shared.http_api import (
     BodyTooLarge,
     error_response,
+    internal_error,
     json_response,
     method_not_allowed,
+    parse_json,
     preflight,
     read_body,
 )
@@ -57,14 +58,14 @@ def novita_webhook(request: flask.Request) -> flask.Response:
     stage = request.args.get(STAGE_PARAM)
     stage_hint = stage if stage in ("image", "video") else None
     try:
-        event = WebhookEvent.model_validate(json.loads(read_body(request, MAX_BODY_BYTES)))
+        event = WebhookEvent.model_validate(parse_json(read_body(request, MAX_BODY_BYTES)))
     except BodyTooLarge:
         return error_response(413, "body_too_large", "the body is over 1 MiB")
-    except (ValueError, UnicodeDecodeError, ValidationError):
+    except (ValueError, ValidationError):
         return error_response(400, "invalid_body", "the body is not a Novita webhook event")
     if event.event_type != ASYNC_TASK_RESULT:
         log.info("event %r ignored", event.event_type[:64], extra={"sketch_id": sketch_id})
-        return json_response(200, {"outcome": "ignored", "event_type": event.event_type})
+        return json_response(200, {"outcome": "ignored", "event_type": event.event_type[:64]})
     try:
         result = event.task_result()
     except ValidationError:
@@ -79,6 +80,9 @@ def novita_webhook(request: flask.Request) -> flask.Response:
         # Answer 5xx so Novita delivers again; the sketch keeps its state for that delivery.
         log.warning("delivery not applied, Novita will retry: %s", exc, extra=extra)
         return error_response(503, "retry_later", str(exc))
+    except Exception:
+        log.exception("unexpected error applying a delivery", extra=extra)
+        return internal_error()
     log.info("delivery handled", extra={**extra, "outcome": outcome.value})
     return json_response(200, {"outcome": outcome.value})
 
