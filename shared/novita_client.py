@@ -4,10 +4,10 @@ Every request body Novita receives is built here and nowhere else. Errors are ty
 caller can do about them:
 
 - `NovitaRejected`: Novita refused the request (4xx other than 429); sending it again won't help.
-- `NovitaUnavailable`: Novita could not be reached or asked us to come back (429, 500, 503,
-  network); for a POST this means Novita itself answered that it created no task.
-- `NovitaOutcomeUnknown`: a POST was sent but Novita's own answer never came back (a timeout, a
-  dropped connection, a gateway's 502/504), so a paid task may exist.
+- `NovitaUnavailable`: Novita could not be reached or asked us to come back (429, 5xx, network);
+  the contract treats these as faults that pass, so a later delivery sends the request again.
+- `NovitaOutcomeUnknown`: a POST was sent but no answer came back (a timeout, a dropped
+  connection), so a paid task may exist and the request is never sent again.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=60.0, pool=5.0)
 POST_ATTEMPTS = 3
 POST_DEADLINE_SECONDS = 10.0
 KLING_CFG_SCALE = "0.5"
-# Answered by a proxy in front of Novita, which may have passed the request on.
-GATEWAY_STATUSES = frozenset({502, 504})
 
 
 class NovitaError(Exception):
@@ -214,11 +212,6 @@ class NovitaClient:
                 if response.is_success:
                     return self._task_id(response)
                 error = error_from_response(response)
-                if response.status_code in GATEWAY_STATUSES:
-                    # A gateway answered, not Novita: the request may have reached Novita.
-                    raise NovitaOutcomeUnknown(
-                        error.message, status_code=error.status_code, code=error.code, reason=error.reason
-                    )
                 if response.status_code != 429:
                     raise error
                 delay = retry_after_seconds(response) or 0.5 * 2 ** (attempt - 1)

@@ -308,7 +308,8 @@ class Pipeline:
                 },
             )
             log.warning("image-to-video outcome unknown: %s", exc.describe(), extra={"sketch_id": sketch.id})
-            return
+            # 5xx, as for any timeout: the next delivery finds the unknown outcome and sends nothing.
+            raise RetryLater(f"no answer from Kling; waiting for its webhook: {exc.describe()}") from exc
 
         def record(s: Sketch) -> Changes | None:
             if s.status is not Status.IMAGE_COMPLETE or s.video_task_id is not None:

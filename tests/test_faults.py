@@ -116,7 +116,7 @@ def test_novita_429_and_5xx_bursts_lose_nothing_and_pay_nothing_twice(recovery_s
     stack = recovery_stack
     bursts = {
         "txt2img": [429, 429, 503, 429],
-        "kling": [500, 503, 429, 429, 500, 503, 500, 429],
+        "kling": [500, 503, 429, 429, 500, 502, 504, 429],
         "task_result": [503, 504, 429, 502],
     }
     stack.simulator.configure(http_errors=bursts)

@@ -223,10 +223,10 @@ def test_any_2xx_with_a_task_id_is_a_started_task(status: int) -> None:
     assert start_image(client) == "t-2"
 
 
-@pytest.mark.parametrize("status", [502, 504])
-def test_a_gateway_error_on_a_post_is_an_unknown_outcome_and_not_resent(status: int) -> None:
-    client, requests, _ = client_with(lambda r: httpx.Response(status, text="upstream timed out"))
-    with pytest.raises(NovitaOutcomeUnknown) as caught:
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_5xx_on_a_post_is_unavailable_without_a_novita_body_too(status: int) -> None:
+    client, requests, _ = client_with(lambda r: httpx.Response(status, text="upstream trouble"))
+    with pytest.raises(NovitaUnavailable) as caught:
         start_image(client)
     assert caught.value.status_code == status
     assert len(requests) == 1

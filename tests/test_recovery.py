@@ -247,10 +247,12 @@ def test_lost_answer_with_no_webhook_fails_after_the_grace_period_and_is_never_r
 
     response = stack.deliver(sketch["id"], event)
     unknown = stack.stored(sketch["id"])
+    again = stack.deliver(sketch["id"], event)
     final = poll_until_final(stack, sketch["id"], timeout=20)
 
-    assert response.status_code == 200
+    assert response.status_code == 503
     assert unknown is not None and unknown.submission_unknown == "video"
+    assert again.status_code == 200 and again.json()["outcome"] == "in_progress"
     assert final["status"] == "failed"
     assert "not sent again" in final["error_message"]
     assert stack.kling_requests() == 1
