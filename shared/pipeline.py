@@ -1,13 +1,12 @@
-"""The sketch pipeline: start a sketch, apply Novita's task results, chain the still into Kling,
-and recover sketches whose webhooks never came.
+"""The sketch pipeline: start a sketch, apply Novita's task results, chain the still into Kling.
 
-Every state change is decided here, by a pure function of the sketch as it is in Firestore, and
-written through `SketchStore.mutate`, so that the same result applied by any number of concurrent
-deliveries, polls or sweeps changes the sketch once.
+Every state change is decided by a pure function of the sketch as it is in Firestore, and written
+through `SketchStore.mutate`, so that the same result applied by any number of concurrent
+deliveries, polls or sweeps (`shared/recovery.py`) changes the sketch once.
 
 The image-to-video chain (download the still, send it to Kling) is claimed by a lease written with
 the move to `image_complete`. A duplicate delivery that finds a live lease answers at once and
-sends nothing. Only when the lease has expired, because the process holding it died, may a later
+sends nothing. Only when the lease has expired, because the delivery holding it stopped, may a later
 delivery, poll or sweep take the chain up again; that is the one way a sketch can ever cause a
 second Kling request. A request whose answer was lost (sent, but no reply) is never sent again:
 its own webhook, which names the sketch, is adopted when it comes, and the sketch fails with a
@@ -19,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -46,7 +44,7 @@ from shared.novita_client import (
 )
 from shared.novita_models import TaskResult, expires_at
 from shared.sketch import CreateSketchRequest, Sketch, Status, new_sketch_id, utcnow
-from shared.sketch_store import Changes, Decide, SketchStore, StoreUnavailable
+from shared.sketch_store import Changes, SketchStore, StoreUnavailable
 from shared.webhook_tokens import Stage, webhook_url
 
 log = logging.getLogger(__name__)
@@ -85,14 +83,8 @@ class MalformedResult(Exception):
     """A finished task result without the output it should carry."""
 
 
-@dataclass
-class SweepReport:
-    examined: int = 0
-    changed: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
-def _fail(message: str) -> Changes:
+def fail_changes(message: str) -> Changes:
+    """The change that fails a sketch with `message`, whatever it was waiting on."""
     return {
         "status": Status.FAILED,
         "error_message": message[:2000],
@@ -141,7 +133,7 @@ class Pipeline:
             update={
                 "submission_unknown": "image",
                 "submission_unknown_since": now,
-                "recovery_due_at": self._recovery_due(now),
+                "recovery_due_at": self.recovery_due(now),
             }
         )
         sketch = self._store.create(sketch)
@@ -171,7 +163,7 @@ class Pipeline:
             return started
 
         try:
-            self._change(sketch.id, record, known=sketch)
+            self._store.mutate(sketch.id, record, known=sketch)
         except StoreUnavailable:
             # The paid task runs: its webhook names the sketch and will be adopted.
             log.warning(
@@ -188,9 +180,9 @@ class Pipeline:
 
         def fail(s: Sketch) -> Changes | None:
             unanswered = s.status is Status.IMAGE_PENDING and s.image_task_id is None
-            return _fail(reason) if unanswered else None
+            return fail_changes(reason) if unanswered else None
 
-        return self._change(sketch_id, fail)[0]
+        return self._store.mutate(sketch_id, fail)[0]
 
     # ------------------------------------------------------------------------------------ apply
 
@@ -222,10 +214,10 @@ class Pipeline:
 
             def fail(s: Sketch) -> Changes | None:
                 if s.status is Status.IMAGE_PENDING and s.image_task_id in (None, task_id):
-                    return {**_fail(reason), "image_task_id": task_id}
+                    return {**fail_changes(reason), "image_task_id": task_id}
                 return None
 
-            return self._applied(*self._change(sketch_id, fail, known=known))
+            return self._applied(*self._store.mutate(sketch_id, fail, known=known))
         if not result.images:
             raise MalformedResult(f"image task {task_id} succeeded without an image")
         image = result.images[0]
@@ -234,7 +226,7 @@ class Pipeline:
         lease_until = now + timedelta(seconds=self._settings.chain_lease_seconds)
 
         def claim(s: Sketch) -> Changes | None:
-            if not self._may_chain(s, task_id, now):
+            if not self.may_chain(s, task_id, now):
                 return None
             return {
                 "status": Status.IMAGE_COMPLETE,
@@ -263,7 +255,7 @@ class Pipeline:
         self._chain(sketch, owner)
         return Outcome.APPLIED
 
-    def _may_chain(self, s: Sketch, task_id: str, now: datetime) -> bool:
+    def may_chain(self, s: Sketch, task_id: str, now: datetime) -> bool:
         if s.status is Status.IMAGE_PENDING:
             return s.image_task_id in (None, task_id)
         if s.status is not Status.IMAGE_COMPLETE or s.image_task_id != task_id or s.video_task_id:
@@ -288,7 +280,7 @@ class Pipeline:
                 webhook_url=self._webhook_url(sketch.id, "video"),
             )
         except NovitaRejected as exc:
-            self._finish_chain(sketch.id, owner, _fail(exc.describe()))
+            self._finish_chain(sketch.id, owner, fail_changes(exc.describe()))
             log.warning("Kling refused the still: %s", exc.describe(), extra={"sketch_id": sketch.id})
             return
         except NovitaUnavailable as exc:
@@ -319,11 +311,11 @@ class Pipeline:
                 "video_task_id": video_task_id,
                 "chain_lease_owner": None,
                 "chain_lease_until": None,
-                "recovery_due_at": self._recovery_due(utcnow()),
+                "recovery_due_at": self.recovery_due(utcnow()),
             }
 
         try:
-            self._change(sketch.id, record, known=sketch)
+            self._store.mutate(sketch.id, record, known=sketch)
         except StoreUnavailable as exc:
             # The lease stays, so no other delivery asks Kling before this task's own webhook
             # arrives and is adopted, unless the lease runs out first.
@@ -352,7 +344,7 @@ class Pipeline:
             held = s.status is Status.IMAGE_COMPLETE and s.chain_lease_owner == owner
             return {"chain_lease_until": lease_until, "recovery_due_at": lease_until} if held else None
 
-        renewed, held = self._change(sketch.id, renew, known=sketch)
+        renewed, held = self._store.mutate(sketch.id, renew, known=sketch)
         if not held or renewed is None:
             raise RetryLater("the chain's lease ran out while the still was downloaded")
         return renewed
@@ -372,7 +364,7 @@ class Pipeline:
                 )
                 return inspect_still(data)
             except MediaRejected as exc:
-                self._finish_chain(sketch.id, owner, _fail(f"the still was refused: {exc}"))
+                self._finish_chain(sketch.id, owner, fail_changes(f"the still was refused: {exc}"))
                 log.warning("still refused: %s", exc, extra={"sketch_id": sketch.id})
                 return None
             except MediaExpired as exc:
@@ -412,7 +404,7 @@ class Pipeline:
             held = s.status is Status.IMAGE_COMPLETE and s.chain_lease_owner == owner
             return changes if held else None
 
-        self._change(sketch_id, decide)
+        self._store.mutate(sketch_id, decide)
 
     def _release(self, sketch_id: str, owner: str) -> None:
         """Give the chain back so that the next delivery takes it up at once.
@@ -426,7 +418,7 @@ class Pipeline:
                 {
                     "chain_lease_owner": None,
                     "chain_lease_until": None,
-                    "recovery_due_at": self._recovery_due(utcnow()),
+                    "recovery_due_at": self.recovery_due(utcnow()),
                 },
             )
 
@@ -435,7 +427,7 @@ class Pipeline:
         task_id = result.task.task_id
         now = utcnow()
         if result.failed:
-            changes = {**_fail(result.task.reason or VIDEO_FAILED_DEFAULT), "video_task_id": task_id}
+            changes = {**fail_changes(result.task.reason or VIDEO_FAILED_DEFAULT), "video_task_id": task_id}
         else:
             if not result.videos:
                 raise MalformedResult(f"video task {task_id} succeeded without a video")
@@ -460,113 +452,7 @@ class Pipeline:
             )
             return changes if waiting else None
 
-        return self._applied(*self._change(sketch_id, decide, known=known))
-
-    # --------------------------------------------------------------------------------- recovery
-
-    def refresh(self, sketch: Sketch) -> Sketch:
-        """If `sketch` waits on Novita and its check is due, ask task-result once and apply it.
-
-        However many callers refresh one sketch at once, only the one that moves its
-        `recovery_due_at` forward asks Novita.
-        """
-        logs.bind_sketch(sketch.id)
-        now = utcnow()
-        due = sketch.recovery_due_at
-        if sketch.status.is_final or due is None or due > now:
-            return sketch
-        next_due = self._recovery_due(now)
-
-        def take_turn(s: Sketch) -> Changes | None:
-            return {"recovery_due_at": next_due} if s.recovery_due_at == due else None
-
-        claimed_sketch, won = self._store.mutate(sketch.id, take_turn, known=sketch)
-        if claimed_sketch is None or not won:
-            return claimed_sketch or sketch
-        try:
-            self._recover(claimed_sketch, now)
-        except (NovitaError, RetryLater, MalformedResult) as exc:
-            log.warning("recovery did not finish: %s", exc, extra={"sketch_id": sketch.id})
-        return self._store.get(sketch.id) or claimed_sketch
-
-    def _recover(self, s: Sketch, now: datetime) -> None:
-        max_age = timedelta(seconds=self._settings.max_sketch_age_seconds)
-        if s.created_at + max_age <= now:
-            self._give_up_old(s, max_age)
-            return
-        if s.submission_unknown is not None:
-            if self._unknown_outcome_expired(s, now):
-                self._give_up_unknown(s)
-            return
-        if s.status is Status.IMAGE_COMPLETE:
-            if s.image_task_id is not None and self._may_chain(s, s.image_task_id, now):
-                log.warning("taking up an abandoned image-to-video chain", extra={"sketch_id": s.id})
-                self._apply_recovered(s, s.image_task_id, "image")
-            return
-        task_id = s.current_task_id
-        if task_id is not None:
-            self._apply_recovered(s, task_id, "image" if s.status is Status.IMAGE_PENDING else "video")
-
-    def _give_up_old(self, s: Sketch, max_age: timedelta) -> None:
-        """Fail a sketch that is still not finished long after it was made, whatever holds it up
-        (a still that never downloads, a task-result that keeps failing, a lost result)."""
-        reason = (
-            f"not finished within {max_age.total_seconds():.0f} s of its creation (last status {s.status})"
-        )
-        self._change(s.id, lambda cur: None if cur.status.is_final else _fail(reason))
-        log.warning("gave up on a sketch that did not finish", extra={"sketch_id": s.id})
-
-    def _give_up_unknown(self, s: Sketch) -> None:
-        """Fail a sketch whose unconfirmed request brought no result within the grace period.
-
-        Sending it again might pay for a second task, so it is not sent again.
-        """
-        stage = s.submission_unknown
-        what = "text-to-image" if stage == "image" else "image-to-video"
-        grace = self._settings.unknown_outcome_grace_seconds
-        reason = (
-            f"Novita did not confirm the {what} request and no result arrived within {grace:.0f} s; "
-            "it was not sent again, so that it is not paid for twice"
-        )
-
-        def fail(cur: Sketch) -> Changes | None:
-            return _fail(reason) if cur.submission_unknown == stage and not cur.status.is_final else None
-
-        self._change(s.id, fail)
-        log.warning("gave up on an unconfirmed %s request", what, extra={"sketch_id": s.id})
-
-    def _apply_recovered(self, s: Sketch, task_id: str, stage: Stage) -> None:
-        result = self._novita.task_result(task_id)
-        try:
-            outcome = self.apply(s.id, result, stage)
-        except MalformedResult as exc:
-            reason = str(exc)
-            self._change(s.id, lambda cur: None if cur.status.is_final else _fail(reason))
-            return
-        log.info(
-            "recovered through task-result: %s", outcome.value, extra={"sketch_id": s.id, "task_id": task_id}
-        )
-
-    def _unknown_outcome_expired(self, s: Sketch, now: datetime) -> bool:
-        since = s.submission_unknown_since
-        grace = timedelta(seconds=self._settings.unknown_outcome_grace_seconds)
-        return since is None or since + grace <= now
-
-    def sweep(self, *, limit: int, deadline: datetime) -> SweepReport:
-        """Refresh up to `limit` sketches whose check is due, stopping at `deadline`."""
-        report = SweepReport()
-        for sketch in self._store.due_for_recovery(utcnow(), limit):
-            if utcnow() >= deadline:
-                break
-            report.examined += 1
-            try:
-                after = self.refresh(sketch)
-            except (StoreUnavailable, RetryLater) as exc:
-                report.errors.append(f"{sketch.id}: {exc}")
-                continue
-            if after.status is not sketch.status:
-                report.changed += 1
-        return report
+        return self._applied(*self._store.mutate(sketch_id, decide, known=known))
 
     # ---------------------------------------------------------------------------------- helpers
 
@@ -575,16 +461,9 @@ class Pipeline:
             self._settings.webhook_url, self._settings.webhook_secret.get_secret_value(), sketch_id, stage
         )
 
-    def _recovery_due(self, now: datetime) -> datetime:
+    def recovery_due(self, now: datetime) -> datetime:
+        """When recovery may next ask Novita about a sketch that was just changed at `now`."""
         return now + timedelta(seconds=self._settings.recovery_interval_seconds)
-
-    def _change(
-        self, sketch_id: str, decide: Decide, known: Sketch | None = None
-    ) -> tuple[Sketch | None, bool]:
-        sketch, changed = self._store.mutate(sketch_id, decide, known)
-        if changed and sketch is not None:
-            log.info("sketch changed", extra={"sketch_id": sketch_id, "status": sketch.status.value})
-        return sketch, changed
 
     @staticmethod
     def _applied(sketch: Sketch | None, changed: bool) -> Outcome:

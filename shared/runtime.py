@@ -16,6 +16,7 @@ from shared.http_retry import RetryingTransport
 from shared.media import media_client
 from shared.novita_client import NovitaClient
 from shared.pipeline import Pipeline
+from shared.recovery import Recovery
 from shared.sketch_store import SketchStore
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Runtime:
     settings: Settings
     store: SketchStore
     pipeline: Pipeline
+    recovery: Recovery
 
 
 def load_settings_or_exit() -> Settings:
@@ -48,4 +50,5 @@ def get_runtime() -> Runtime:
     media_http = media_client(transport=RetryingTransport(httpx.HTTPTransport(verify=tls)))
     novita = NovitaClient(settings, transport=httpx.HTTPTransport(verify=tls))
     pipeline = Pipeline(settings, store, novita, media_http)
-    return Runtime(settings=settings, store=store, pipeline=pipeline)
+    recovery = Recovery(settings, store, novita, pipeline)
+    return Runtime(settings=settings, store=store, pipeline=pipeline, recovery=recovery)

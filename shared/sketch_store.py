@@ -119,6 +119,8 @@ class SketchStore:
                 continue  # somebody else changed it first: decide again on what they wrote
             except _TRANSIENT as exc:
                 raise StoreUnavailable(f"Firestore did not update sketch {sketch_id}: {exc}") from exc
+            if new_status != sketch.status:
+                log.info("sketch status changed", extra={"sketch_id": sketch_id, "status": str(new_status)})
             return _versioned(sketch.model_copy(update=changes), result.update_time), True
         raise StoreUnavailable(f"sketch {sketch_id} kept changing under {MUTATE_ATTEMPTS} attempts")
 

@@ -71,7 +71,7 @@ def _get(request: flask.Request, user_id: str | None) -> flask.Response:
     sketch = runtime.store.get(sketch_id) if is_sketch_id(sketch_id) else None
     if sketch is None or (user_id is not None and sketch.user_id != user_id):
         return error_response(404, "not_found", f"no sketch with id {sketch_id!r}")
-    return json_response(200, runtime.pipeline.refresh(sketch).to_json())
+    return json_response(200, runtime.recovery.refresh(sketch).to_json())
 
 
 def _post(request: flask.Request, user_id: str | None) -> flask.Response:
