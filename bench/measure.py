@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 
-from bench.stack import API_KEY, BENCH, HTTP_TIMEOUT, KLING_PATH, FnProc, Stack, image_success
+from bench.stack import API_KEY, BENCH, HTTP_TIMEOUT, KLING_PATH, Stack, function_server, image_success
 from bench.stills import BIG_NAME, TYPICAL_NAME
+from devstack.functions import FunctionServer
 from devstack.processes import free_port
 
 JSON = {"Content-Type": "application/json"}
@@ -142,14 +143,14 @@ class Watch:
 # ---------------------------------------------------------------------------------- cold start
 
 
-def _first_answer(proc: FnProc, send: Send, ok: Check) -> float:
+def _first_answer(proc: FunctionServer, send: Send, ok: Check) -> float:
     """Seconds from just before the process was spawned to the first answer `ok` accepts."""
     t0 = proc.launch()
     deadline = t0 + 120
     with httpx.Client(timeout=httpx.Timeout(60.0, connect=1.0)) as client:
         while time.perf_counter() < deadline:
-            if proc.proc is not None and proc.proc.poll() is not None:
-                raise RuntimeError(f"{proc.cmd[4]} exited with {proc.proc.returncode}; see {proc.log_path}")
+            if proc.process is not None and proc.process.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}; see {proc.log_path}")
             try:
                 response = send(client)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
@@ -159,16 +160,16 @@ def _first_answer(proc: FnProc, send: Send, ok: Check) -> float:
             if not ok(response):
                 raise RuntimeError(f"cold start: first answer {response.status_code}: {response.text[:300]}")
             return elapsed
-    raise TimeoutError(f"no answer from {proc.cmd} within 120 s")
+    raise TimeoutError(f"no answer from {proc.name} within 120 s")
 
 
-def _cold_cases(stack: Stack, sid: str, run: int) -> list[tuple[str, FnProc, Send, Check]]:
+def _cold_cases(stack: Stack, sid: str, run: int) -> list[tuple[str, FunctionServer, Send, Check]]:
     assert stack.webhook is not None
     env = stack.env(stack.webhook.port)
     foreign = image_success(f"foreign-task-{run}", stack.media(TYPICAL_NAME))
-    bare = FnProc.bench_source(BENCH / "bare" / "main.py", "bare", env, stack.log_dir)
-    create = FnProc.function("create_sketch", env, stack.log_dir)
-    hook = FnProc.function("novita_webhook", env, stack.log_dir)
+    bare = function_server("bare", env, stack.log_dir, source=BENCH / "bare" / "main.py")
+    create = function_server("create_sketch", env, stack.log_dir)
+    hook = function_server("novita_webhook", env, stack.log_dir)
     return [
         ("bare", bare, lambda c: c.get(bare.url), lambda r: r.status_code == 200 and r.text == "ok"),
         (
@@ -470,8 +471,8 @@ def firestore_work(stack: Stack, sketches: int) -> list[FirestoreWork]:
     webhook_port = free_port()
     env = {**stack.env(webhook_port), "BENCH_FS_LOG": str(log)}
     extra = [BENCH / "fscount"]
-    hook = FnProc.function("novita_webhook", env, stack.log_dir, port=webhook_port, pythonpath=extra)
-    create = FnProc.function("create_sketch", env, stack.log_dir, pythonpath=extra)
+    hook = function_server("novita_webhook", env, stack.log_dir, port=webhook_port, pythonpath=extra)
+    create = function_server("create_sketch", env, stack.log_dir, pythonpath=extra)
     results = []
     try:
         hook.start()
@@ -512,8 +513,8 @@ def profile(stack: Stack, chains: int, top: int) -> str:
     out = stack.log_dir / "profiles"
     port = free_port()
     env = {**stack.env(port), "BENCH_PROFILE_DIR": str(out)}
-    proc = FnProc.bench_source(
-        BENCH / "profiled" / "main.py", "novita_webhook", env, stack.log_dir, port=port
+    proc = function_server(
+        "novita_webhook", env, stack.log_dir, port=port, source=BENCH / "profiled" / "main.py"
     )
     texts = []
     try:

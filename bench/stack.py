@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import httpx
 from google.cloud import firestore
 
 from devstack.emulator import FirestoreEmulator
-from devstack.functions import ROOT, function_command
+from devstack.functions import ROOT, FunctionServer
 from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
 from devstack.simulator import SimulatorProcess
 from shared.webhook_tokens import webhook_url
@@ -29,88 +28,21 @@ BENCH = ROOT / "bench"
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 
 
-class FnProc:
-    """One functions-framework process (gunicorn arbiter + one gthread worker)."""
-
-    def __init__(
-        self,
-        cmd: list[str],
-        port: int,
-        env: dict[str, str],
-        log_path: Path,
-        *,
-        pythonpath: list[Path] = (),  # type: ignore[assignment]
-    ) -> None:
-        self.cmd = cmd
-        self.port = port
-        self.url = f"http://{LOOPBACK}:{port}/"
-        path = os.pathsep.join([*(str(p) for p in pythonpath), str(ROOT)])
-        self.env = {**os.environ, **env, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def function(
-        cls, name: str, env: dict[str, str], log_dir: Path, *, port: int | None = None, **kw: Any
-    ) -> FnProc:
-        port = port or free_port()
-        return cls(function_command(name, port), port, env, log_dir / f"{name}-{port}.log", **kw)
-
-    @classmethod
-    def bench_source(
-        cls,
-        source: Path,
-        target: str,
-        env: dict[str, str],
-        log_dir: Path,
-        *,
-        port: int | None = None,
-        **kw: Any,
-    ) -> FnProc:
-        port = port or free_port()
-        return cls(
-            function_command(target, port, source),
-            port,
-            env,
-            log_dir / f"{source.parent.name}-{port}.log",
-            **kw,
-        )
-
-    def launch(self) -> float:
-        """Start the process; returns the perf_counter reading taken just before it was spawned."""
-        t0 = time.perf_counter()
-        self.proc = start(self.cmd, env=self.env, log_path=self.log_path, cwd=ROOT)
-        return t0
-
-    def start(self, timeout: float = 60.0) -> FnProc:
-        self.launch()
-        wait_until(answers(self.url), timeout, f"function on port {self.port}", self.proc)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def worker_pid(self) -> int:
-        """The gunicorn worker that serves requests (a child of the arbiter); the arbiter if none."""
-        children = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rpartition(")")[2].split()[1])
-            if ppid == self.pid:
-                children.append(int(entry))
-        return max(children) if children else self.pid
+def function_server(
+    target: str,
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    source: Path | None = None,
+    pythonpath: Sequence[Path] = (),
+) -> FunctionServer:
+    """A function process whose log is named after its source folder and port."""
+    port = port or free_port()
+    folder = source.parent.name if source is not None else target
+    return FunctionServer(
+        target, env, log_dir / f"{folder}-{port}.log", port=port, source=source, pythonpath=pythonpath
+    )
 
 
 class Stack:
@@ -124,8 +56,8 @@ class Stack:
         self.media_url = f"http://{LOOPBACK}:{self.media_port}"
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
         self._procs: list[subprocess.Popen[bytes]] = []
-        self.create: FnProc | None = None
-        self.webhook: FnProc | None = None
+        self.create: FunctionServer | None = None
+        self.webhook: FunctionServer | None = None
         self.db: firestore.Client | None = None
 
     # ----------------------------------------------------------------------------- processes
@@ -166,10 +98,10 @@ class Stack:
         wait_until(answers(f"{self.media_url}/"), 30, "media server", media)
         self.db = firestore.Client(project=PROJECT)
         webhook_port = free_port()
-        self.webhook = FnProc.function(
+        self.webhook = function_server(
             "novita_webhook", self.env(webhook_port), self.log_dir, port=webhook_port
         ).start()
-        self.create = FnProc.function("create_sketch", self.env(webhook_port), self.log_dir).start()
+        self.create = function_server("create_sketch", self.env(webhook_port), self.log_dir).start()
         return self
 
     def stop(self) -> None:

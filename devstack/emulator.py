@@ -107,7 +107,3 @@ class FirestoreEmulator:
         if self._proc is not None:
             stop(self._proc)
             self._proc = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None

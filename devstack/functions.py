@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from devstack.processes import LOOPBACK, answers, free_port, kill, start, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-FUNCTIONS = ("create_sketch", "novita_webhook")
 
 
 def function_command(target: str, port: int, source: Path | None = None) -> list[str]:
@@ -32,34 +33,68 @@ def function_command(target: str, port: int, source: Path | None = None) -> list
 
 
 class FunctionServer:
-    """`functions-framework --source functions/<name>/main.py --target <name>` on loopback."""
+    """functions-framework serving one function on loopback, in its own process group.
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path, *, port: int | None = None) -> None:
-        self.name = name
+    By default it serves `functions/<target>/main.py`, as the contract starts it; `source` serves
+    another file (the benchmarks' bare function), and `pythonpath` puts folders before the root.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        port: int | None = None,
+        source: Path | None = None,
+        pythonpath: Sequence[Path] = (),
+    ) -> None:
+        self.name = target
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}/"
-        self._env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        self._log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.log_path = log_path
+        self._command = function_command(target, self.port, source)
+        path = os.pathsep.join([*(str(p) for p in pythonpath), str(ROOT)])
+        self._env = {**os.environ, **env, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> float:
+        """Spawn the process without waiting; returns the perf_counter reading just before."""
+        started = time.perf_counter()
+        self.process = start(self._command, env=self._env, log_path=self.log_path, cwd=ROOT)
+        return started
 
     def start(self, timeout: float = 60.0) -> FunctionServer:
-        self._proc = start(
-            function_command(self.name, self.port), env=self._env, log_path=self._log_path, cwd=ROOT
-        )
+        self.launch()
         # Any HTTP answer means the app is serving (OPTIONS is answered without Firestore).
-        wait_until(answers(self.url), timeout, f"function {self.name}", self._proc)
+        wait_until(answers(self.url), timeout, f"function {self.name}", self.process)
         return self
 
     def stop(self) -> None:
-        if self._proc is not None:
-            stop(self._proc)
-            self._proc = None
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
 
     def kill(self) -> None:
-        if self._proc is not None:
-            kill(self._proc)
-            self._proc = None
+        if self.process is not None:
+            kill(self.process)
+            self.process = None
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self.process.pid if self.process else None
+
+    def worker_pid(self) -> int:
+        """The gunicorn worker that serves requests (the newest child of this process), else itself."""
+        if self.pid is None:
+            raise RuntimeError(f"function {self.name} is not running")
+        children = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rpartition(")")[2].split()[1]) == self.pid:
+                    children.append(int(entry.name))
+        return max(children, default=self.pid)
