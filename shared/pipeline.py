@@ -83,15 +83,18 @@ class MalformedResult(Exception):
     """A finished task result without the output it should carry."""
 
 
+# Parts of a change: the chain's lease given back, and a submission's outcome no longer unknown.
+NO_LEASE: Changes = {"chain_lease_owner": None, "chain_lease_until": None}
+OUTCOME_KNOWN: Changes = {"submission_unknown": None, "submission_unknown_since": None}
+
+
 def fail_changes(message: str) -> Changes:
     """The change that fails a sketch with `message`, whatever it was waiting on."""
     return {
         "status": Status.FAILED,
         "error_message": message[:2000],
-        "chain_lease_owner": None,
-        "chain_lease_until": None,
-        "submission_unknown": None,
-        "submission_unknown_since": None,
+        **NO_LEASE,
+        **OUTCOME_KNOWN,
         "recovery_due_at": None,
     }
 
@@ -122,22 +125,13 @@ class Pipeline:
         StartFailed, with the failed sketch, when Novita refuses or cannot be reached.
         """
         now = utcnow()
-        sketch = Sketch.new(new_sketch_id(), request, now, user_id)
+        sketch = Sketch.new(new_sketch_id(), request, now, user_id, self.recovery_due(now))
         logs.bind_sketch(sketch.id)
         limit = self._settings.max_sketches_in_progress
         if user_id is not None and not self._store.claim_slot(user_id, sketch.id, limit):
             raise TooManySketches(f"at most {limit} sketches may be in progress at once")
-        # Until Novita answers, the submission's outcome is unknown; recovery resolves it if the
-        # process dies before the answer is recorded.
-        sketch = sketch.model_copy(
-            update={
-                "submission_unknown": "image",
-                "submission_unknown_since": now,
-                "recovery_due_at": self.recovery_due(now),
-            }
-        )
         sketch = self._store.create(sketch)
-        log.info("sketch created", extra={"sketch_id": sketch.id, "status": sketch.status.value})
+        log.info("sketch created", extra={"status": sketch.status.value})
         return self._submit_image(sketch)
 
     def _submit_image(self, sketch: Sketch) -> Sketch:
@@ -153,9 +147,9 @@ class Pipeline:
         except (NovitaRejected, NovitaUnavailable) as exc:
             raise StartFailed(self._fail_unanswered(sketch.id, exc) or sketch, exc) from exc
         except NovitaOutcomeUnknown as exc:
-            log.warning("text-to-image outcome unknown: %s", exc.describe(), extra={"sketch_id": sketch.id})
+            log.warning("text-to-image outcome unknown: %s", exc.describe())
             return sketch
-        started = {"image_task_id": task_id, "submission_unknown": None, "submission_unknown_since": None}
+        started = {"image_task_id": task_id, **OUTCOME_KNOWN}
 
         def record(s: Sketch) -> Changes | None:
             if s.image_task_id is not None or s.status is not Status.IMAGE_PENDING:
@@ -168,10 +162,10 @@ class Pipeline:
             # The paid task runs: its webhook names the sketch and will be adopted.
             log.warning(
                 "text-to-image task started but not recorded",
-                extra={"sketch_id": sketch.id, "task_id": task_id},
+                extra={"task_id": task_id},
             )
         else:
-            log.info("text-to-image task started", extra={"sketch_id": sketch.id, "task_id": task_id})
+            log.info("text-to-image task started", extra={"task_id": task_id})
         # The sketch as it was when its task started, even if a quick webhook has moved it on since.
         return sketch.model_copy(update=started)
 
@@ -190,7 +184,7 @@ class Pipeline:
         """Apply a task result to the sketch it was registered for (webhook and recovery alike)."""
         logs.bind_sketch(sketch_id)
         task_id = result.task.task_id
-        extra = {"sketch_id": sketch_id, "task_id": task_id, "task_status": result.task.status}
+        extra = {"task_id": task_id, "task_status": result.task.status}
         if not result.is_final:
             log.info("task not finished; nothing to apply", extra=extra)
             return Outcome.IGNORED
@@ -235,8 +229,7 @@ class Pipeline:
                 "image_url_expires_at": expires_at(now, image.image_url_ttl),
                 "chain_lease_owner": owner,
                 "chain_lease_until": lease_until,
-                "submission_unknown": None,
-                "submission_unknown_since": None,
+                **OUTCOME_KNOWN,
                 "recovery_due_at": lease_until,
             }
 
@@ -250,7 +243,7 @@ class Pipeline:
             return Outcome.IN_PROGRESS if waiting else Outcome.DUPLICATE
         log.info(
             "image ready; chain claimed",
-            extra={"sketch_id": sketch_id, "task_id": task_id, "status": sketch.status.value},
+            extra={"task_id": task_id},
         )
         self._chain(sketch, owner)
         return Outcome.APPLIED
@@ -281,7 +274,7 @@ class Pipeline:
             )
         except NovitaRejected as exc:
             self._finish_chain(sketch.id, owner, fail_changes(exc.describe()))
-            log.warning("Kling refused the still: %s", exc.describe(), extra={"sketch_id": sketch.id})
+            log.warning("Kling refused the still: %s", exc.describe())
             return
         except NovitaUnavailable as exc:
             self._release(sketch.id, owner)
@@ -292,14 +285,13 @@ class Pipeline:
                 sketch.id,
                 owner,
                 {
-                    "chain_lease_owner": None,
-                    "chain_lease_until": None,
+                    **NO_LEASE,
                     "submission_unknown": "video",
                     "submission_unknown_since": now,
                     "recovery_due_at": now + timedelta(seconds=self._settings.unknown_outcome_grace_seconds),
                 },
             )
-            log.warning("image-to-video outcome unknown: %s", exc.describe(), extra={"sketch_id": sketch.id})
+            log.warning("image-to-video outcome unknown: %s", exc.describe())
             # 5xx, as for any timeout: the next delivery finds the unknown outcome and sends nothing.
             raise RetryLater(f"no answer from Kling; waiting for its webhook: {exc.describe()}") from exc
 
@@ -309,8 +301,7 @@ class Pipeline:
             return {
                 "status": Status.VIDEO_PENDING,
                 "video_task_id": video_task_id,
-                "chain_lease_owner": None,
-                "chain_lease_until": None,
+                **NO_LEASE,
                 "recovery_due_at": self.recovery_due(utcnow()),
             }
 
@@ -321,12 +312,12 @@ class Pipeline:
             # arrives and is adopted, unless the lease runs out first.
             log.error(
                 "image-to-video task started but not recorded",
-                extra={"sketch_id": sketch.id, "task_id": video_task_id},
+                extra={"task_id": video_task_id},
             )
             raise RetryLater(f"the image-to-video task {video_task_id} could not be recorded") from exc
         log.info(
             "image-to-video task started",
-            extra={"sketch_id": sketch.id, "task_id": video_task_id, "status": Status.VIDEO_PENDING.value},
+            extra={"task_id": video_task_id},
         )
 
     def _hold_lease_for_kling(self, sketch: Sketch, owner: str) -> Sketch:
@@ -365,7 +356,7 @@ class Pipeline:
                 return inspect_still(data)
             except MediaRejected as exc:
                 self._finish_chain(sketch.id, owner, fail_changes(f"the still was refused: {exc}"))
-                log.warning("still refused: %s", exc, extra={"sketch_id": sketch.id})
+                log.warning("still refused: %s", exc)
                 return None
             except MediaExpired as exc:
                 if attempt == 2:
@@ -415,11 +406,7 @@ class Pipeline:
             self._finish_chain(
                 sketch_id,
                 owner,
-                {
-                    "chain_lease_owner": None,
-                    "chain_lease_until": None,
-                    "recovery_due_at": self.recovery_due(utcnow()),
-                },
+                {**NO_LEASE, "recovery_due_at": self.recovery_due(utcnow())},
             )
 
     def _apply_video(self, known: Sketch, result: TaskResult) -> Outcome:
@@ -439,10 +426,8 @@ class Pipeline:
                 "video_url_expires_at": expires_at(now, video.video_url_ttl),
                 "completed_at": now,
                 "error_message": None,
-                "chain_lease_owner": None,
-                "chain_lease_until": None,
-                "submission_unknown": None,
-                "submission_unknown_since": None,
+                **NO_LEASE,
+                **OUTCOME_KNOWN,
                 "recovery_due_at": None,
             }
 

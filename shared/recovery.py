@@ -68,7 +68,7 @@ class Recovery:
         try:
             self._recover(claimed_sketch, now)
         except (NovitaError, RetryLater, MalformedResult) as exc:
-            log.warning("recovery did not finish: %s", exc, extra={"sketch_id": sketch.id})
+            log.warning("recovery did not finish: %s", exc)
         return self._store.get(sketch.id) or claimed_sketch
 
     def _recover(self, s: Sketch, now: datetime) -> None:
@@ -82,7 +82,7 @@ class Recovery:
             return
         if s.status is Status.IMAGE_COMPLETE:
             if s.image_task_id is not None and self._pipeline.may_chain(s, s.image_task_id, now):
-                log.warning("taking up an abandoned image-to-video chain", extra={"sketch_id": s.id})
+                log.warning("taking up an abandoned image-to-video chain")
                 self._apply_recovered(s, s.image_task_id, "image")
             return
         task_id = s.current_task_id
@@ -96,7 +96,7 @@ class Recovery:
             f"not finished within {max_age.total_seconds():.0f} s of its creation (last status {s.status})"
         )
         self._store.mutate(s.id, lambda cur: None if cur.status.is_final else fail_changes(reason))
-        log.warning("gave up on a sketch that did not finish", extra={"sketch_id": s.id})
+        log.warning("gave up on a sketch that did not finish")
 
     def _give_up_unknown(self, s: Sketch) -> None:
         """Fail a sketch whose unconfirmed request brought no result within the grace period.
@@ -117,7 +117,7 @@ class Recovery:
             )
 
         self._store.mutate(s.id, fail)
-        log.warning("gave up on an unconfirmed %s request", what, extra={"sketch_id": s.id})
+        log.warning("gave up on an unconfirmed %s request", what)
 
     def _apply_recovered(self, s: Sketch, task_id: str, stage: Stage) -> None:
         result = self._novita.task_result(task_id)
@@ -127,9 +127,7 @@ class Recovery:
             reason = str(exc)
             self._store.mutate(s.id, lambda cur: None if cur.status.is_final else fail_changes(reason))
             return
-        log.info(
-            "recovered through task-result: %s", outcome.value, extra={"sketch_id": s.id, "task_id": task_id}
-        )
+        log.info("recovered through task-result: %s", outcome.value, extra={"task_id": task_id})
 
     def _unknown_outcome_expired(self, s: Sketch, now: datetime) -> bool:
         since = s.submission_unknown_since

@@ -137,7 +137,16 @@ class Sketch(BaseModel):
     _version: datetime | None = PrivateAttr(default=None)
 
     @classmethod
-    def new(cls, sketch_id: str, request: CreateSketchRequest, now: datetime, user_id: str | None) -> Sketch:
+    def new(
+        cls,
+        sketch_id: str,
+        request: CreateSketchRequest,
+        now: datetime,
+        user_id: str | None,
+        recovery_due_at: datetime,
+    ) -> Sketch:
+        """A sketch about to ask for its still: until Novita answers, the outcome of that request is
+        unknown, and recovery resolves it if the answer is never recorded."""
         return cls(
             id=sketch_id,
             status=Status.IMAGE_PENDING,
@@ -151,6 +160,9 @@ class Sketch(BaseModel):
             created_at=now,
             updated_at=now,
             user_id=user_id,
+            submission_unknown="image",
+            submission_unknown_since=now,
+            recovery_due_at=recovery_due_at,
         )
 
     @property

@@ -96,6 +96,14 @@ class Stack:
         self.create.start()
         return self
 
+    def clean(self) -> Stack:
+        """An empty Firestore and a simulator back at its fast defaults, with nothing in flight."""
+        self.simulator.wait_idle(10)
+        self.simulator.reset()
+        self.simulator.configure(**fast_simulator_config().model_dump())
+        self.emulator.reset(PROJECT)
+        return self
+
     def stop(self) -> None:
         self.create.stop()
         self.webhook.stop()
@@ -167,9 +175,10 @@ def stack_factory(emulator: FirestoreEmulator, simulator: NovitaSimulator) -> It
     started: list[Stack] = []
 
     def make(name: str = "stack", **env: str) -> Stack:
+        """Both functions started with `env`, on a clean emulator and simulator."""
         stack = Stack(emulator, simulator, env, name).start()
         started.append(stack)
-        return stack
+        return stack.clean()
 
     yield make
     for stack in started:
@@ -181,17 +190,9 @@ def default_stack(stack_factory: Callable[..., Stack]) -> Stack:
     return stack_factory("default")
 
 
-def _clean(emulator: FirestoreEmulator, simulator: NovitaSimulator) -> None:
-    simulator.wait_idle(10)
-    simulator.reset()
-    simulator.configure(**fast_simulator_config().model_dump())
-    emulator.reset(PROJECT)
-
-
 @pytest.fixture
 def stack(default_stack: Stack) -> Iterator[Stack]:
-    _clean(default_stack.emulator, default_stack.simulator)
-    yield default_stack
+    yield default_stack.clean()
     default_stack.simulator.wait_idle(10)
 
 
@@ -208,6 +209,5 @@ def quick_recovery_stack(stack_factory: Callable[..., Stack]) -> Stack:
 
 @pytest.fixture
 def recovery_stack(quick_recovery_stack: Stack) -> Iterator[Stack]:
-    _clean(quick_recovery_stack.emulator, quick_recovery_stack.simulator)
-    yield quick_recovery_stack
+    yield quick_recovery_stack.clean()
     quick_recovery_stack.simulator.wait_idle(10)

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import jwt as pyjwt
 import pytest
-from conftest import LOG_DIR, PROJECT, Stack, _clean
+from conftest import LOG_DIR, PROJECT, Stack
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -119,7 +119,7 @@ def firebase_stack(stack_factory: Callable[..., Stack], certs: CertServer) -> St
 @pytest.fixture
 def fb(firebase_stack: Stack, certs: CertServer) -> Iterator[Stack]:
     certs.certs = {KEY.kid: KEY.cert_pem}
-    _clean(firebase_stack.emulator, firebase_stack.simulator)
+    firebase_stack.clean()
     yield firebase_stack
     firebase_stack.simulator.wait_idle(10)
 

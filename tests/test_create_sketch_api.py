@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from conftest import Stack
 
+from devstack.processes import free_port
+
 VALID = {"prompt": "a giraffe conducting an orchestra of teapots"}
 
 
@@ -104,11 +106,7 @@ def test_novita_refusal_fails_the_sketch_and_answers_502_with_the_reason(stack: 
 
 
 def test_novita_out_of_reach_fails_the_sketch_and_answers_503(stack_factory) -> None:  # noqa: ANN001
-    from devstack.processes import free_port
-
-    nowhere = stack_factory("novita-down", NOVITA_BASE_URL=f"http://127.0.0.1:{free_port()}")
-    stack = nowhere
-    stack.emulator.reset("sketch-machine-test")
+    stack = stack_factory("novita-down", NOVITA_BASE_URL=f"http://127.0.0.1:{free_port()}")
 
     response = stack.post_sketch(VALID)
 

@@ -325,8 +325,6 @@ def test_hostile_media_urls_are_all_refused_before_any_connection(stack_factory)
 
     # End to end, through the webhook, with loopback URLs only: a still on the simulator itself.
     stack: Stack = stack_factory("public-https", MEDIA_URL_POLICY="public-https")
-    stack.emulator.reset(PROJECT)
-    stack.simulator.reset()
     stack.simulator.configure(drop_webhooks=True, image_delay=0.1)
     port = stack.simulator.base_url.rsplit(":", 1)[1]
     loopback_urls = [

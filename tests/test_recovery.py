@@ -52,8 +52,6 @@ def test_polling_get_finishes_a_sketch_whose_webhooks_never_come(recovery_stack:
 
 def test_many_clients_polling_at_once_ask_novita_once_per_interval(stack_factory) -> None:  # noqa: ANN001
     stack: Stack = stack_factory("poll-once", RECOVERY_INTERVAL_SECONDS="3")
-    stack.emulator.reset("sketch-machine-test")
-    stack.simulator.reset()
     stack.simulator.configure(drop_webhooks=True, image_delay=0.1)
     sketch = stack.create_sketch()
     stack.wait_for(sketch["id"], lambda s: s.recovery_due_at is not None)
@@ -182,8 +180,6 @@ def test_duplicate_during_a_slow_chain_answers_at_once_and_sends_nothing(stack: 
 def test_chain_killed_half_way_is_taken_up_once_its_lease_runs_out(stack_factory) -> None:  # noqa: ANN001
     """The one way a second Kling request can happen: the process holding the chain died."""
     stack: Stack = stack_factory("lease", CHAIN_LEASE_SECONDS="6")
-    stack.emulator.reset("sketch-machine-test")
-    stack.simulator.reset()
     stack.simulator.configure(drop_webhooks=True, image_delay=0.1, kling_accept_delay=4.0)
     sketch = stack.create_sketch()
     event = stack.finished_event(sketch["image_task_id"])
@@ -260,8 +256,6 @@ def test_lost_answer_with_no_webhook_fails_after_the_grace_period_and_is_never_r
 
 def test_a_sketch_that_cannot_finish_fails_once_it_is_too_old(stack_factory) -> None:  # noqa: ANN001
     stack: Stack = stack_factory("max-age", MAX_SKETCH_AGE_SECONDS="3", RECOVERY_INTERVAL_SECONDS="0.5")
-    stack.emulator.reset("sketch-machine-test")
-    stack.simulator.reset()
     # No webhook, and task-result never answers usefully: nothing else could ever finish it.
     stack.simulator.configure(drop_webhooks=True, http_errors={"task_result": [404] * 100})
     sketch = stack.create_sketch()

@@ -55,6 +55,7 @@ def novita_webhook(request: flask.Request) -> flask.Response:
     except InvalidToken:
         log.warning("webhook call without a valid token refused")
         return error_response(401, "unauthenticated", "missing or invalid webhook token")
+    logs.bind_sketch(sketch_id)
     stage = request.args.get(STAGE_PARAM)
     stage_hint = stage if stage in ("image", "video") else None
     try:
@@ -64,13 +65,13 @@ def novita_webhook(request: flask.Request) -> flask.Response:
     except (ValueError, ValidationError):
         return error_response(400, "invalid_body", "the body is not a Novita webhook event")
     if event.event_type != ASYNC_TASK_RESULT:
-        log.info("event %r ignored", event.event_type[:64], extra={"sketch_id": sketch_id})
+        log.info("event %r ignored", event.event_type[:64])
         return json_response(200, {"outcome": "ignored", "event_type": event.event_type[:64]})
     try:
         result = event.task_result()
     except ValidationError:
         return error_response(400, "invalid_body", "the payload is not a Novita task result")
-    extra = {"sketch_id": sketch_id, "task_id": result.task.task_id, "task_status": result.task.status}
+    extra = {"task_id": result.task.task_id, "task_status": result.task.status}
     try:
         outcome = get_runtime().pipeline.apply(sketch_id, result, stage_hint)
     except MalformedResult as exc:
