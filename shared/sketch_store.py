@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -49,6 +50,15 @@ class StoreUnavailable(Exception):
     """Firestore could not be reached or did not answer in time; trying later may succeed."""
 
 
+@contextmanager
+def _firestore(what: str) -> Iterator[None]:
+    """Turn a fault that may pass into StoreUnavailable, saying what could not be done."""
+    try:
+        yield
+    except _TRANSIENT as exc:
+        raise StoreUnavailable(f"Firestore did not {what}: {exc}") from exc
+
+
 def _encode(changes: Changes) -> Changes:
     return {k: v.value if isinstance(v, Enum) else v for k, v in changes.items()}
 
@@ -67,20 +77,22 @@ class SketchStore:
 
     def create(self, sketch: Sketch) -> Sketch:
         """Store a new sketch; returns it as stored."""
-        try:
-            result = self._collection.document(sketch.id).create(
-                _encode(sketch.to_document()), retry=RETRY, timeout=CALL_TIMEOUT
-            )
-        except gexc.AlreadyExists:
-            # Ids are random: this is our own create, committed by an attempt whose answer was lost.
-            return sketch
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(f"Firestore did not store the sketch: {exc}") from exc
+        with _firestore("store the sketch"):
+            try:
+                result = self._collection.document(sketch.id).create(
+                    _encode(sketch.to_document()), retry=RETRY, timeout=CALL_TIMEOUT
+                )
+            except gexc.AlreadyExists:
+                # Ids are random: this is our own create, committed by an attempt whose answer was lost.
+                return sketch
         return _versioned(sketch.model_copy(), result.update_time)
 
     def get(self, sketch_id: str) -> Sketch | None:
-        sketch, _ = self._read(sketch_id)
-        return sketch
+        with _firestore(f"read sketch {sketch_id}"):
+            snapshot = self._collection.document(sketch_id).get(retry=RETRY, timeout=CALL_TIMEOUT)
+        if not snapshot.exists:
+            return None
+        return _versioned(Sketch.model_validate(snapshot.to_dict()), snapshot.update_time)
 
     def mutate(
         self, sketch_id: str, decide: Decide, known: Sketch | None = None
@@ -92,11 +104,8 @@ class SketchStore:
         written, saves the first read; if the document has changed since, the write is refused
         and the sketch is read again.
         """
-        for attempt in range(MUTATE_ATTEMPTS):
-            if attempt == 0 and known is not None and known._version is not None:
-                sketch, update_time = known, known._version
-            else:
-                sketch, update_time = self._read(sketch_id)
+        sketch = known if known is not None and known._version is not None else self.get(sketch_id)
+        for _ in range(MUTATE_ATTEMPTS):
             if sketch is None:
                 return None, False
             changes = decide(sketch)
@@ -104,24 +113,17 @@ class SketchStore:
                 return sketch, False
             new_status = changes.get("status", sketch.status)
             if new_status != sketch.status and not can_move(sketch.status, new_status):
-                raise ValueError(
-                    f"sketch {sketch_id} cannot move from {sketch.status} to {changes['status']}"
-                )
+                raise ValueError(f"sketch {sketch_id} cannot move from {sketch.status} to {new_status}")
             changes = {**changes, "updated_at": utcnow()}
-            try:
-                result = self._collection.document(sketch_id).update(
-                    _encode(changes),
-                    option=self._client.write_option(last_update_time=update_time),
-                    retry=RETRY,
-                    timeout=CALL_TIMEOUT,
-                )
-            except gexc.FailedPrecondition:
-                continue  # somebody else changed it first: decide again on what they wrote
-            except _TRANSIENT as exc:
-                raise StoreUnavailable(f"Firestore did not update sketch {sketch_id}: {exc}") from exc
+            ref = self._collection.document(sketch_id)
+            with _firestore(f"update sketch {sketch_id}"):
+                written = self._write_if_unchanged(ref, _encode(changes), sketch._version)
+            if written is None:
+                sketch = self.get(sketch_id)  # somebody else changed it first: decide again on that
+                continue
             if new_status != sketch.status:
                 log.info("sketch status changed", extra={"sketch_id": sketch_id, "status": str(new_status)})
-            return _versioned(sketch.model_copy(update=changes), result.update_time), True
+            return _versioned(sketch.model_copy(update=changes), written), True
         raise StoreUnavailable(f"sketch {sketch_id} kept changing under {MUTATE_ATTEMPTS} attempts")
 
     def due_for_recovery(self, now: datetime, limit: int) -> list[Sketch]:
@@ -131,13 +133,11 @@ class SketchStore:
             .order_by("recovery_due_at")
             .limit(limit)
         )
-        try:
+        with _firestore("list pending sketches"):
             return [
                 _versioned(Sketch.model_validate(s.to_dict()), s.update_time)
                 for s in query.stream(retry=RETRY, timeout=CALL_TIMEOUT)
             ]
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(f"Firestore did not list pending sketches: {exc}") from exc
 
     def claim_slot(self, user_id: str, sketch_id: str, slots: int) -> bool:
         """Reserve one of the user's `slots` places for a sketch in progress; False if all are taken.
@@ -149,7 +149,7 @@ class SketchStore:
         """
         owner = hashlib.sha256(user_id.encode()).hexdigest()[:32]
         taken = {"user_id": user_id, "sketch_id": sketch_id, "taken_at": utcnow()}
-        try:
+        with _firestore("reserve a place"):
             for index in range(slots):
                 place = self._slots.document(f"{owner}-{index}")
                 try:
@@ -160,19 +160,24 @@ class SketchStore:
                 snapshot = place.get(retry=RETRY, timeout=CALL_TIMEOUT)
                 if not snapshot.exists or not self._slot_is_free(snapshot.to_dict()):
                     continue
-                try:
-                    place.update(
-                        taken,
-                        option=self._client.write_option(last_update_time=snapshot.update_time),
-                        retry=RETRY,
-                        timeout=CALL_TIMEOUT,
-                    )
+                if self._write_if_unchanged(place, taken, snapshot.update_time) is not None:
                     return True
-                except gexc.FailedPrecondition:
-                    continue  # another request took this place first
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(f"Firestore did not reserve a place: {exc}") from exc
         return False
+
+    def _write_if_unchanged(
+        self, ref: firestore.DocumentReference, data: dict[str, Any], update_time: datetime | None
+    ) -> datetime | None:
+        """Update `ref` only if it is still at `update_time`; the new update time, None if not."""
+        try:
+            result = ref.update(
+                data,
+                option=self._client.write_option(last_update_time=update_time),
+                retry=RETRY,
+                timeout=CALL_TIMEOUT,
+            )
+        except gexc.FailedPrecondition:
+            return None
+        return result.update_time
 
     def _slot_is_free(self, place: dict[str, Any]) -> bool:
         holder = self.get(str(place.get("sketch_id")))
@@ -180,14 +185,3 @@ class SketchStore:
             return holder.status.is_final
         # The sketch of a place taken a moment ago may still be on its way to Firestore.
         return place.get("taken_at") is None or place["taken_at"] + SLOT_GRACE <= utcnow()
-
-    def _read(self, sketch_id: str) -> tuple[Sketch | None, datetime | None]:
-        try:
-            snapshot = self._collection.document(sketch_id).get(retry=RETRY, timeout=CALL_TIMEOUT)
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(f"Firestore did not read sketch {sketch_id}: {exc}") from exc
-        if not snapshot.exists:
-            return None, None
-        return _versioned(
-            Sketch.model_validate(snapshot.to_dict()), snapshot.update_time
-        ), snapshot.update_time
