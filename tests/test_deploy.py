@@ -27,7 +27,6 @@ CREATE_URL = "https://create-sketch-abc-uc.a.run.app"
 ACCESS_TOKEN = "ya29.fake-access-token-must-not-leak"
 SECRET_VALUES = ("nk-real-novita-key-must-not-leak", "webhook-secret-value-must-not-leak")
 ENTRY_POINTS = {"novita-webhook": "novita_webhook", "create-sketch": "create_sketch"}
-MUTATING = (("functions", "deploy"), ("functions", "delete"), ("secrets", "create"), ("run", "services"))
 
 pytestmark = pytest.mark.timeout(120)
 
