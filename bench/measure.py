@@ -447,10 +447,9 @@ def _count(lines: list[dict[str, Any]], sketch_id: str) -> dict[str, int]:
             counts["conditional"] += 1
         if op["err"]:
             counts[f"failed: {op['err']}"] += 1
-    counts["reads"] = counts["read"] + counts["batch_read"]
-    counts["writes"] = counts["create"] + counts["update"] + counts["set"] + counts["delete"]
-    counts["transactions"] = counts["transaction"]
-    return {k: v for k, v in counts.items() if v or k in ("reads", "writes", "transactions")}
+    counts["reads"] = counts["read"] + counts["query (no document)"]
+    counts["writes"] = counts["create"] + counts["update"]
+    return {k: v for k, v in counts.items() if v or k in ("reads", "writes")}
 
 
 def _wait_final(stack: Stack, sketch_id: str, timeout: float = 30.0) -> str | None:

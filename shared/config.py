@@ -38,6 +38,10 @@ class Settings(BaseModel):
     webhook_secret: SecretStr
     project: str
     sketches_collection: str
+    # host:port of the Firestore emulator, when the functions run against it instead of Firestore.
+    firestore_emulator_host: str | None
+    # Where the instance's access token comes from (Google's metadata server outside the emulator).
+    metadata_host: str
     media_url_policy: MediaPolicy
     t2i_model: str
     webhook_test_mode: TestModeStatus | None
@@ -126,6 +130,8 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         webhook_secret=SecretStr(_required(env, "WEBHOOK_SECRET")),
         project=project,
         sketches_collection=_collection(env, "SKETCHES_COLLECTION", "sketches"),
+        firestore_emulator_host=env.get("FIRESTORE_EMULATOR_HOST", "").strip() or None,
+        metadata_host=env.get("GCE_METADATA_HOST", "").strip() or "metadata.google.internal",
         media_url_policy=_choice(env, "MEDIA_URL_POLICY", "public-https", ("public-https", "any")),
         t2i_model=env.get("NOVITA_T2I_MODEL", "").strip() or "seedream_3_0",
         webhook_test_mode=_choice(

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 from dataclasses import dataclass
 from functools import cache
 
 import httpx
-from google.cloud import firestore
 
-from shared import logs
+from shared import firestore_rest, logs
 from shared.config import ConfigError, Settings, get_settings
 from shared.http_retry import RetryingTransport
 from shared.media import media_client
@@ -41,12 +41,22 @@ def load_settings_or_exit() -> Settings:
         sys.exit(f"configuration error: {exc}")
 
 
+def firestore_client(settings: Settings, tls: ssl.SSLContext) -> firestore_rest.Firestore:
+    """Firestore itself with the instance's service account, or the emulator when one is named."""
+    http = httpx.Client(timeout=firestore_rest.TIMEOUT, verify=tls)
+    if settings.firestore_emulator_host:
+        base_url = f"http://{settings.firestore_emulator_host}"
+        return firestore_rest.Firestore(http, settings.project, base_url=base_url)
+    token = firestore_rest.MetadataToken(http, settings.metadata_host)
+    return firestore_rest.Firestore(http, settings.project, token=token)
+
+
 @cache
 def get_runtime() -> Runtime:
     settings = get_settings()
-    store = SketchStore(firestore.Client(project=settings.project), settings.sketches_collection)
-    # One TLS context for both clients: loading the CA bundle is a noticeable part of a cold start.
+    # One TLS context for every client: loading the CA bundle is a noticeable part of a cold start.
     tls = httpx.create_ssl_context()
+    store = SketchStore(firestore_client(settings, tls), settings.sketches_collection)
     media_http = media_client(transport=RetryingTransport(httpx.HTTPTransport(verify=tls)))
     novita = NovitaClient(settings, transport=httpx.HTTPTransport(verify=tls))
     pipeline = Pipeline(settings, store, novita, media_http)

@@ -132,9 +132,9 @@ class Sketch(BaseModel):
     chain_lease_until: datetime | None = None
     # When recovery may next ask Novita about this sketch; None once the sketch is final.
     recovery_due_at: datetime | None = None
-    # The document's update time when this copy was read or written: lets the next conditional
-    # write go out without reading the document again.
-    _version: datetime | None = PrivateAttr(default=None)
+    # The document's update time when this copy was read or written, as Firestore gave it: lets
+    # the next conditional write go out without reading the document again.
+    _version: str | None = PrivateAttr(default=None)
 
     @classmethod
     def new(

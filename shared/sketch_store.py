@@ -14,36 +14,18 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import Any
 
-from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry
-from google.cloud import firestore
-
+from shared.firestore_rest import AlreadyExists, Document, Firestore, PreconditionFailed, Unavailable
 from shared.sketch import Sketch, can_move, utcnow
 
 log = logging.getLogger(__name__)
 
-# A Firestore call gives up after about 4.5 s (2 s per attempt, retried within 2.5 s), so a store
-# that does not answer makes a delivery answer 503 inside Novita's 5 s webhook timeout.
-CALL_TIMEOUT = 2.0
-RETRY = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=2.5)
 MUTATE_ATTEMPTS = 8
 SLOT_GRACE = timedelta(seconds=60)
 
 Changes = dict[str, Any]
 Decide = Callable[[Sketch], Changes | None]
-
-_TRANSIENT = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.Aborted,
-    gexc.RetryError,
-    gexc.TooManyRequests,
-    gexc.Unknown,
-)
 
 
 class StoreUnavailable(Exception):
@@ -55,44 +37,40 @@ def _firestore(what: str) -> Iterator[None]:
     """Turn a fault that may pass into StoreUnavailable, saying what could not be done."""
     try:
         yield
-    except _TRANSIENT as exc:
+    except Unavailable as exc:
         raise StoreUnavailable(f"Firestore did not {what}: {exc}") from exc
 
 
-def _encode(changes: Changes) -> Changes:
-    return {k: v.value if isinstance(v, Enum) else v for k, v in changes.items()}
-
-
-def _versioned(sketch: Sketch, update_time: datetime) -> Sketch:
+def _versioned(sketch: Sketch, update_time: str) -> Sketch:
     sketch._version = update_time
     return sketch
 
 
+def _sketch(document: Document) -> Sketch:
+    return _versioned(Sketch.model_validate(document.data), document.update_time)
+
+
 class SketchStore:
-    def __init__(self, client: firestore.Client, collection: str) -> None:
-        self._client = client
-        self._collection = client.collection(collection)
+    def __init__(self, db: Firestore, collection: str) -> None:
+        self._db = db
+        self._collection = collection
         # One document per place a user may have in progress (see claim_slot).
-        self._slots = client.collection(f"{collection}_slots")
+        self._slots = f"{collection}_slots"
 
     def create(self, sketch: Sketch) -> Sketch:
         """Store a new sketch; returns it as stored."""
         with _firestore("store the sketch"):
             try:
-                result = self._collection.document(sketch.id).create(
-                    _encode(sketch.to_document()), retry=RETRY, timeout=CALL_TIMEOUT
-                )
-            except gexc.AlreadyExists:
+                update_time = self._db.create(self._collection, sketch.id, sketch.to_document())
+            except AlreadyExists:
                 # Ids are random: this is our own create, committed by an attempt whose answer was lost.
                 return sketch
-        return _versioned(sketch.model_copy(), result.update_time)
+        return _versioned(sketch.model_copy(), update_time)
 
     def get(self, sketch_id: str) -> Sketch | None:
         with _firestore(f"read sketch {sketch_id}"):
-            snapshot = self._collection.document(sketch_id).get(retry=RETRY, timeout=CALL_TIMEOUT)
-        if not snapshot.exists:
-            return None
-        return _versioned(Sketch.model_validate(snapshot.to_dict()), snapshot.update_time)
+            document = self._db.get(self._collection, sketch_id)
+        return None if document is None else _sketch(document)
 
     def mutate(
         self, sketch_id: str, decide: Decide, known: Sketch | None = None
@@ -115,9 +93,8 @@ class SketchStore:
             if new_status != sketch.status and not can_move(sketch.status, new_status):
                 raise ValueError(f"sketch {sketch_id} cannot move from {sketch.status} to {new_status}")
             changes = {**changes, "updated_at": utcnow()}
-            ref = self._collection.document(sketch_id)
             with _firestore(f"update sketch {sketch_id}"):
-                written = self._write_if_unchanged(ref, _encode(changes), sketch._version)
+                written = self._write_if_unchanged(self._collection, sketch_id, changes, sketch._version)
             if written is None:
                 sketch = self.get(sketch_id)  # somebody else changed it first: decide again on that
                 continue
@@ -128,16 +105,9 @@ class SketchStore:
 
     def due_for_recovery(self, now: datetime, limit: int) -> list[Sketch]:
         """Pending sketches whose next task-result check is due, oldest first."""
-        query = (
-            self._collection.where(filter=firestore.FieldFilter("recovery_due_at", "<=", now))
-            .order_by("recovery_due_at")
-            .limit(limit)
-        )
         with _firestore("list pending sketches"):
-            return [
-                _versioned(Sketch.model_validate(s.to_dict()), s.update_time)
-                for s in query.stream(retry=RETRY, timeout=CALL_TIMEOUT)
-            ]
+            documents = self._db.at_most(self._collection, "recovery_due_at", now, limit)
+        return [_sketch(document) for document in documents]
 
     def claim_slot(self, user_id: str, sketch_id: str, slots: int) -> bool:
         """Reserve one of the user's `slots` places for a sketch in progress; False if all are taken.
@@ -151,33 +121,29 @@ class SketchStore:
         taken = {"user_id": user_id, "sketch_id": sketch_id, "taken_at": utcnow()}
         with _firestore("reserve a place"):
             for index in range(slots):
-                place = self._slots.document(f"{owner}-{index}")
+                place = f"{owner}-{index}"
                 try:
-                    place.create(taken, retry=RETRY, timeout=CALL_TIMEOUT)
+                    self._db.create(self._slots, place, taken)
                     return True
-                except gexc.AlreadyExists:
+                except AlreadyExists:
                     pass
-                snapshot = place.get(retry=RETRY, timeout=CALL_TIMEOUT)
-                if not snapshot.exists or not self._slot_is_free(snapshot.to_dict()):
+                document = self._db.get(self._slots, place)
+                if document is None or not self._slot_is_free(document.data):
                     continue
-                if self._write_if_unchanged(place, taken, snapshot.update_time) is not None:
+                if self._write_if_unchanged(self._slots, place, taken, document.update_time) is not None:
                     return True
         return False
 
     def _write_if_unchanged(
-        self, ref: firestore.DocumentReference, data: dict[str, Any], update_time: datetime | None
-    ) -> datetime | None:
-        """Update `ref` only if it is still at `update_time`; the new update time, None if not."""
-        try:
-            result = ref.update(
-                data,
-                option=self._client.write_option(last_update_time=update_time),
-                retry=RETRY,
-                timeout=CALL_TIMEOUT,
-            )
-        except gexc.FailedPrecondition:
+        self, collection: str, doc_id: str, data: dict[str, Any], update_time: str | None
+    ) -> str | None:
+        """Update a document only if it is still at `update_time`; its new update time, None if not."""
+        if update_time is None:
             return None
-        return result.update_time
+        try:
+            return self._db.update(collection, doc_id, data, if_update_time=update_time)
+        except PreconditionFailed:
+            return None
 
     def _slot_is_free(self, place: dict[str, Any]) -> bool:
         holder = self.get(str(place.get("sketch_id")))

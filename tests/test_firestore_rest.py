@@ -1,0 +1,329 @@
+"""The Firestore REST client: its values, its calls against the real emulator, what it retries,
+and the access token it gets from a metadata server (a loopback stand-in)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from google.cloud import firestore
+
+from devstack.emulator import FirestoreEmulator
+from shared.firestore_rest import (
+    RETRY_WINDOW,
+    TIMEOUT,
+    AlreadyExists,
+    Firestore,
+    FirestoreError,
+    MetadataToken,
+    PreconditionFailed,
+    Unavailable,
+    decode_fields,
+    encode_fields,
+    field_path,
+)
+from shared.sketch import Status
+from tests.conftest import PROJECT
+
+# ------------------------------------------------------------------------------------- values
+
+
+def test_values_survive_the_round_trip() -> None:
+    moment = datetime(2026, 11, 24, 3, 57, 6, 123456, tzinfo=UTC)
+    data = {
+        "none": None,
+        "yes": True,
+        "count": 2**40,
+        "ratio": 0.5,
+        "text": "über 🦭",
+        "at": moment,
+        "map": {"inner": [1, "two", None]},
+    }
+    assert decode_fields(json.loads(json.dumps(encode_fields(data)))) == data
+
+
+def test_values_are_encoded_as_firestore_expects() -> None:
+    east = timezone(timedelta(hours=2))
+    fields = encode_fields(
+        {"n": 7, "flag": False, "status": Status.IMAGE_PENDING, "at": datetime(2026, 1, 1, 2, tzinfo=east)}
+    )
+    assert fields == {
+        "n": {"integerValue": "7"},  # int64 travels as a string
+        "flag": {"booleanValue": False},  # not an integer, although bool is an int in Python
+        "status": {"stringValue": "image_pending"},
+        "at": {"timestampValue": "2026-01-01T00:00:00.000000Z"},
+    }
+
+
+def test_nanosecond_timestamps_are_read() -> None:
+    decoded = decode_fields({"at": {"timestampValue": "2026-11-24T03:57:06.123456789Z"}})
+    assert decoded["at"] == datetime(2026, 11, 24, 3, 57, 6, 123456, tzinfo=UTC)
+
+
+def test_values_the_store_cannot_keep_are_refused() -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        encode_fields({"at": datetime(2026, 1, 1)})
+    with pytest.raises(TypeError, match="set"):
+        encode_fields({"tags": {"a", "b"}})
+
+
+def test_field_names_that_are_not_identifiers_are_quoted() -> None:
+    assert field_path("recovery_due_at") == "recovery_due_at"
+    assert field_path("odd-name") == "`odd-name`"
+    assert field_path("a`b") == "`a\\`b`"
+
+
+# ------------------------------------------------------------------------- against the emulator
+
+
+@pytest.fixture
+def db(emulator: FirestoreEmulator) -> Iterator[Firestore]:
+    emulator.reset(PROJECT)
+    with httpx.Client(timeout=TIMEOUT) as http:
+        yield Firestore(http, PROJECT, base_url=emulator.url)
+
+
+def test_create_get_and_conditional_update(db: Firestore) -> None:
+    doc_id = uuid.uuid4().hex
+    first = db.create("things", doc_id, {"n": 1, "name": "walrus"})
+    got = db.get("things", doc_id)
+    assert got is not None and got.data == {"n": 1, "name": "walrus"} and got.update_time == first
+
+    second = db.update("things", doc_id, {"n": 2, "odd-name": True}, if_update_time=first)
+    assert second != first
+    got = db.get("things", doc_id)
+    assert got is not None and got.data == {"n": 2, "name": "walrus", "odd-name": True}
+
+    with pytest.raises(PreconditionFailed):
+        db.update("things", doc_id, {"n": 3}, if_update_time=first)  # stale: someone wrote since
+    with pytest.raises(AlreadyExists):
+        db.create("things", doc_id, {"n": 9})
+    got = db.get("things", doc_id)
+    assert got is not None and got.data["n"] == 2 and got.update_time == second
+
+
+def test_a_missing_document_reads_as_none_and_cannot_be_updated(db: Firestore) -> None:
+    assert db.get("things", "nobody") is None
+    with pytest.raises(PreconditionFailed):
+        db.update("things", "nobody", {"n": 1}, if_update_time="2026-01-01T00:00:00.000001Z")
+    assert db.get("things", "nobody") is None
+
+
+def test_documents_written_here_read_the_same_through_the_sdk(db: Firestore) -> None:
+    moment = datetime(2026, 11, 24, 3, 57, 6, 123456, tzinfo=UTC)
+    db.create("things", "shared", {"at": moment, "n": 5, "none": None})
+    snapshot = firestore.Client(project=PROJECT).collection("things").document("shared").get()
+    assert snapshot.to_dict() == {"at": moment, "n": 5, "none": None}
+
+
+def test_at_most_lists_in_order_up_to_the_limit(db: Firestore) -> None:
+    base = datetime(2026, 11, 24, tzinfo=UTC)
+    for minutes in (30, 10, 20, 40, 50):
+        db.create("things", f"m{minutes}", {"due": base + timedelta(minutes=minutes)})
+    db.create("things", "never", {"due": None})
+    found = db.at_most("things", "due", base + timedelta(minutes=40), limit=3)
+    assert [d.id for d in found] == ["m10", "m20", "m30"]
+    assert all(d.update_time for d in found)
+    assert db.at_most("things", "due", base, limit=3) == []
+
+
+def test_a_refused_call_says_why(db: Firestore) -> None:
+    with pytest.raises(FirestoreError, match="INVALID_ARGUMENT") as caught:
+        db.create("things", "x", {"": 1})  # an empty field name
+    assert not isinstance(caught.value, Unavailable)
+
+
+# ------------------------------------------------------------------------------------ retries
+
+
+class Scripted:
+    """A Firestore stand-in answering from a script; records what it was asked."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _error(http_status: int, status: str) -> httpx.Response:
+    error = {"code": http_status, "message": "m", "status": status}
+    return httpx.Response(http_status, json={"error": error})
+
+
+DOC = {"name": "projects/p/databases/(default)/documents/c/d", "fields": {}, "updateTime": "t1"}
+
+
+def _db(script: Scripted, sleeps: list[float], token: Any = lambda: "tok") -> Firestore:
+    http = httpx.Client(transport=httpx.MockTransport(script))
+    return Firestore(http, "p", base_url="http://firestore.test", token=token, sleep=sleeps.append)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        _error(503, "UNAVAILABLE"),
+        _error(409, "ABORTED"),
+        _error(429, "RESOURCE_EXHAUSTED"),
+        _error(504, "DEADLINE_EXCEEDED"),
+        httpx.Response(502, text="<html>bad gateway</html>"),
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+    ],
+    ids=["503", "aborted", "429", "504", "502-html", "connect", "read-timeout"],
+)
+def test_faults_that_pass_are_tried_again(fault: httpx.Response | Exception) -> None:
+    script, sleeps = Scripted(fault, fault, httpx.Response(200, json=DOC)), []
+    document = _db(script, sleeps).get("c", "d")
+    assert document is not None and document.update_time == "t1"
+    assert len(script.requests) == 3 and len(sleeps) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (_error(409, "ALREADY_EXISTS"), AlreadyExists),
+        (_error(400, "FAILED_PRECONDITION"), PreconditionFailed),
+        (_error(403, "PERMISSION_DENIED"), FirestoreError),
+        (_error(400, "INVALID_ARGUMENT"), FirestoreError),
+    ],
+)
+def test_refusals_are_typed_and_not_tried_again(answer: httpx.Response, kind: type[FirestoreError]) -> None:
+    script, sleeps = Scripted(answer), []
+    with pytest.raises(kind) as caught:
+        _db(script, sleeps).create("c", "d", {"n": 1})
+    assert not isinstance(caught.value, Unavailable)
+    assert len(script.requests) == 1 and sleeps == []
+
+
+def test_a_store_that_never_answers_gives_up_within_the_window() -> None:
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    script = Scripted(httpx.ConnectError("refused"))
+    http = httpx.Client(transport=httpx.MockTransport(script))
+    db = Firestore(http, "p", base_url="http://firestore.test", sleep=sleep, clock=lambda: clock[0])
+    with pytest.raises(Unavailable, match="no answer"):
+        db.get("c", "d")
+    assert 0 < clock[0] <= RETRY_WINDOW and len(script.requests) >= 3
+
+
+def test_every_call_carries_the_access_token() -> None:
+    script, sleeps = Scripted(httpx.Response(200, json={"writeResults": [{"updateTime": "t2"}]})), []
+    db = _db(script, sleeps, token=lambda: "secret-token")
+    assert db.update("c", "d", {"n": 1}, if_update_time="t1") == "t2"
+    request = script.requests[0]
+    assert request.headers["Authorization"] == "Bearer secret-token"
+    assert str(request.url) == "http://firestore.test/v1/projects/p/databases/(default)/documents:commit"
+    assert json.loads(request.content) == {
+        "writes": [
+            {
+                "update": {
+                    "name": "projects/p/databases/(default)/documents/c/d",
+                    "fields": {"n": {"integerValue": "1"}},
+                },
+                "updateMask": {"fieldPaths": ["n"]},
+                "currentDocument": {"updateTime": "t1"},
+            }
+        ]
+    }
+
+
+# ------------------------------------------------------------------------------ access token
+
+
+class Metadata:
+    """A loopback metadata server: answers the token path when asked with `Metadata-Flavor`."""
+
+    def __init__(self, expires_in: Any = 3599, status: int = 200) -> None:
+        self.asked = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.asked += 1
+                wanted = "/computeMetadata/v1/instance/service-accounts/default/token"
+                ok = self.path == wanted and self.headers.get("Metadata-Flavor") == "Google"
+                body = json.dumps(
+                    {"access_token": f"token-{outer.asked}", "expires_in": expires_in, "token_type": "Bearer"}
+                ).encode()
+                self.send_response(status if ok else 403)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def metadata_factory() -> Iterator[Any]:
+    servers: list[Metadata] = []
+
+    def make(**kwargs: Any) -> Metadata:
+        servers.append(Metadata(**kwargs))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def test_the_token_is_fetched_once_and_reused(metadata_factory: Any) -> None:
+    metadata = metadata_factory()
+    with httpx.Client(timeout=5) as http:
+        token = MetadataToken(http, metadata.host)
+        assert [token(), token(), token()] == ["token-1"] * 3
+    assert metadata.asked == 1
+
+
+def test_a_token_about_to_expire_is_fetched_again(metadata_factory: Any) -> None:
+    metadata = metadata_factory(expires_in="30")  # less than the early-refresh margin
+    with httpx.Client(timeout=5) as http:
+        token = MetadataToken(http, metadata.host)
+        assert [token(), token()] == ["token-1", "token-2"]
+
+
+@pytest.mark.parametrize("answer", [{"status": 500}, {"expires_in": "soon"}])
+def test_no_usable_token_is_a_fault_that_passes(metadata_factory: Any, answer: dict[str, Any]) -> None:
+    metadata = metadata_factory(**answer)
+    with httpx.Client(timeout=5) as http, pytest.raises(Unavailable, match="metadata server"):
+        MetadataToken(http, metadata.host)()
+
+
+def test_calls_wait_for_a_token_instead_of_going_out_without_one() -> None:
+    attempts = []
+
+    def token() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise Unavailable("UNAUTHENTICATED", "no access token from the metadata server")
+        return "late-token"
+
+    script, sleeps = Scripted(httpx.Response(200, json=DOC)), []
+    assert _db(script, sleeps, token=token).get("c", "d") is not None
+    assert len(attempts) == 3 and len(script.requests) == 1
+    assert script.requests[0].headers["Authorization"] == "Bearer late-token"
