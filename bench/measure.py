@@ -331,6 +331,9 @@ class LoadResult:
     grown_mb: list[float] = field(default_factory=list)
     cpu: dict[str, list[float]] = field(default_factory=dict)  # process -> CPU seconds per run
     overflows: list[int] = field(default_factory=list)  # connections dropped by a full listen queue
+    # The least wall time the CPU work of the crowd needs on this machine: all processes' CPU over
+    # its cores, or the webhook worker's CPU (one core: Python's GIL), whichever is more.
+    cpu_floor: list[float] = field(default_factory=list)
 
 
 def p99(values: list[float]) -> float:
@@ -373,9 +376,11 @@ def _crowd(
     return latencies, errors, wall
 
 
-def load(stack: Stack, runs: int, still: str = TYPICAL_NAME) -> LoadResult:
+def load(stack: Stack, runs: int, kling_latency: float, still: str = TYPICAL_NAME) -> LoadResult:
+    """`kling_latency`: seconds Novita takes to answer the image-to-video request."""
     assert stack.webhook is not None
     stack.quiet_simulator()
+    stack.configure(kling_accept_delay=kling_latency)
     result = LoadResult()
     base = stack.webhook.url
     for run in range(runs):
@@ -399,6 +404,8 @@ def load(stack: Stack, runs: int, still: str = TYPICAL_NAME) -> LoadResult:
         for name, pid in others.items():
             result.cpu.setdefault(name, []).append(cpu_seconds(pid) - cpu0[name])
         result.cpu.setdefault("webhook worker", []).append(watch.cpu)
+        spent = sum(v[-1] for v in result.cpu.values())
+        result.cpu_floor.append(max(spent / (os.cpu_count() or 1), watch.cpu))
         result.errors += errors
         statuses = stack.statuses([s["id"] for s in sketches])
         wrong = [s for s in statuses.values() if s != "video_pending"]
@@ -421,6 +428,7 @@ def load(stack: Stack, runs: int, still: str = TYPICAL_NAME) -> LoadResult:
             f"RSS +{watch.grown_mb:.1f} MB; listen-queue drops {result.overflows[-1]}; "
             f"errors so far {len(result.errors)}"
         )
+    stack.configure(kling_accept_delay=0.0)
     return result
 
 

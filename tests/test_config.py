@@ -27,6 +27,8 @@ def test_defaults() -> None:
     assert settings.t2i_model == "seedream_3_0"
     assert settings.webhook_test_mode is None
     assert settings.auth_mode == "none" and settings.cors_allowed_origins == ("*",)
+    assert settings.firestore_emulator_host is None
+    assert settings.metadata_host == "metadata.google.internal"
 
 
 @pytest.mark.parametrize("name", ["NOVITA_API_KEY", "WEBHOOK_URL", "WEBHOOK_SECRET", "GOOGLE_CLOUD_PROJECT"])

@@ -353,6 +353,10 @@ def test_full_run_deploys_webhook_first_then_create_sketch(fake: Fake) -> None:
         assert env["AUTH_MODE"] == "firebase"
         assert env["CORS_ALLOWED_ORIGINS"] == "https://app.example.com,http://localhost:5173"
         assert "NOVITA_API_KEY" not in env and "WEBHOOK_SECRET" not in env
+        # One instance serves 32 requests at once, one gunicorn thread each; the webhook holds
+        # up to 32 stills of up to 10 MiB at once.
+        assert option(argv, "--concurrency") == env["THREADS"] == "32"
+        assert option(argv, "--memory") == ("1Gi" if name == "novita-webhook" else "512Mi")
         assert {"main.py", "requirements.txt", ".gcloudignore", "shared/", "shared/config.py"} <= set(
             deploy["source_files"]
         )

@@ -16,6 +16,7 @@ import pytest
 from google.cloud import firestore
 
 from devstack.emulator import FirestoreEmulator
+from shared.config import settings_from
 from shared.firestore_rest import (
     RETRY_WINDOW,
     TIMEOUT,
@@ -26,9 +27,11 @@ from shared.firestore_rest import (
     PreconditionFailed,
     Unavailable,
     decode_fields,
+    emulator_token,
     encode_fields,
     field_path,
 )
+from shared.runtime import firestore_client
 from shared.sketch import Status
 from tests.conftest import PROJECT
 
@@ -327,3 +330,25 @@ def test_calls_wait_for_a_token_instead_of_going_out_without_one() -> None:
     assert _db(script, sleeps, token=token).get("c", "d") is not None
     assert len(attempts) == 3 and len(script.requests) == 1
     assert script.requests[0].headers["Authorization"] == "Bearer late-token"
+
+
+def test_outside_the_emulator_firestore_is_asked_with_the_instance_token(metadata_factory: Any) -> None:
+    metadata = metadata_factory()
+    env = {
+        "NOVITA_API_KEY": "k",
+        "WEBHOOK_URL": "https://example.test/hook",
+        "WEBHOOK_SECRET": "s",
+        "GOOGLE_CLOUD_PROJECT": "prod-project",
+        "GCE_METADATA_HOST": metadata.host,
+    }
+    tls = httpx.create_ssl_context()
+    db = firestore_client(settings_from(env), tls)
+    # Only the token is fetched here (from the loopback metadata server): nothing goes to Google.
+    assert (
+        db._url == "https://firestore.googleapis.com/v1/projects/prod-project/databases/(default)/documents"
+    )
+    assert isinstance(db._token, MetadataToken) and db._token() == "token-1"
+
+    emulated = firestore_client(settings_from({**env, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8686"}), tls)
+    assert emulated._url.startswith("http://127.0.0.1:8686/v1/projects/prod-project/")
+    assert emulated._token is emulator_token
