@@ -41,9 +41,14 @@ def load_settings_or_exit() -> Settings:
         sys.exit(f"configuration error: {exc}")
 
 
+# An instance serves up to 32 requests at once (deploy.sh), each on its own thread: keep that many
+# connections alive, so that a burst does not open (and TLS-handshake) new ones on every call.
+POOL = httpx.Limits(max_connections=100, max_keepalive_connections=64)
+
+
 def firestore_client(settings: Settings, tls: ssl.SSLContext) -> firestore_rest.Firestore:
     """Firestore itself with the instance's service account, or the emulator when one is named."""
-    http = httpx.Client(timeout=firestore_rest.TIMEOUT, verify=tls)
+    http = httpx.Client(timeout=firestore_rest.TIMEOUT, verify=tls, limits=POOL)
     if settings.firestore_emulator_host:
         base_url = f"http://{settings.firestore_emulator_host}"
         return firestore_rest.Firestore(http, settings.project, base_url=base_url)
@@ -58,7 +63,7 @@ def get_runtime() -> Runtime:
     tls = httpx.create_ssl_context()
     store = SketchStore(firestore_client(settings, tls), settings.sketches_collection)
     media_http = media_client(transport=RetryingTransport(httpx.HTTPTransport(verify=tls)))
-    novita = NovitaClient(settings, transport=httpx.HTTPTransport(verify=tls))
+    novita = NovitaClient(settings, transport=httpx.HTTPTransport(verify=tls, limits=POOL))
     pipeline = Pipeline(settings, store, novita, media_http)
     recovery = Recovery(settings, store, novita, pipeline)
     return Runtime(settings=settings, store=store, pipeline=pipeline, recovery=recovery)

@@ -4,6 +4,9 @@ and the access token it gets from a metadata server (a loopback stand-in)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ import pytest
 from google.cloud import firestore
 
 from devstack.emulator import FirestoreEmulator
+from devstack.functions import ROOT
 from shared.config import settings_from
 from shared.firestore_rest import (
     RETRY_WINDOW,
@@ -352,3 +356,32 @@ def test_outside_the_emulator_firestore_is_asked_with_the_instance_token(metadat
     emulated = firestore_client(settings_from({**env, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8686"}), tls)
     assert emulated._url.startswith("http://127.0.0.1:8686/v1/projects/prod-project/")
     assert emulated._token is emulator_token
+
+
+@pytest.mark.parametrize("function", ["create_sketch", "novita_webhook"])
+def test_the_functions_leave_the_firestore_sdk_out_of_their_cold_start(function: str) -> None:
+    code = (
+        "import sys, main; from shared.runtime import get_runtime; get_runtime(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'grpc' "
+        "or m.startswith(('google.cloud.firestore', 'google.api_core', 'google.protobuf'))))"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "NOVITA_API_KEY": "k",
+        "WEBHOOK_URL": "http://127.0.0.1:9/",
+        "WEBHOOK_SECRET": "s",
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT / "functions" / function,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"{function} loads {result.stdout[:300]}"
