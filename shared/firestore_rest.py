@@ -54,6 +54,10 @@ class Unavailable(FirestoreError):
     """Firestore could not be reached or did not answer in time; trying later may succeed."""
 
 
+class NotFound(FirestoreError):
+    """The document is not there."""
+
+
 class AlreadyExists(FirestoreError):
     """`create` of a document that is already there."""
 
@@ -63,6 +67,7 @@ class PreconditionFailed(FirestoreError):
 
 
 _BY_STATUS: dict[str, type[FirestoreError]] = {
+    "NOT_FOUND": NotFound,
     "ALREADY_EXISTS": AlreadyExists,
     "FAILED_PRECONDITION": PreconditionFailed,
     **{status: Unavailable for status in _TRANSIENT_STATUSES},
@@ -233,8 +238,11 @@ class Firestore:
         return f"{self._database}/documents/{collection}/{doc_id}"
 
     def get(self, collection: str, doc_id: str) -> Document | None:
-        response = self._call("GET", f"{self._url}/{collection}/{doc_id}", missing_ok=True)
-        return None if response is None else Document.from_json(response.json())
+        try:
+            response = self._call("GET", f"{self._url}/{collection}/{doc_id}")
+        except NotFound:
+            return None
+        return Document.from_json(response.json())
 
     def create(self, collection: str, doc_id: str, data: Mapping[str, Any]) -> str:
         """Write a new document; its update time. AlreadyExists if it is there."""
@@ -262,17 +270,13 @@ class Firestore:
             "limit": limit,
         }
         response = self._call("POST", f"{self._url}:runQuery", json={"structuredQuery": query})
-        assert response is not None
         return [Document.from_json(item["document"]) for item in response.json() if "document" in item]
 
     def _commit(self, write: dict[str, Any]) -> str:
         response = self._call("POST", f"{self._url}:commit", json={"writes": [write]})
-        assert response is not None
         return str(response.json()["writeResults"][0]["updateTime"])
 
-    def _call(
-        self, method: str, url: str, *, json: Any = None, missing_ok: bool = False
-    ) -> httpx.Response | None:
+    def _call(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
         started = self._clock()
         attempt = 0
         while True:
@@ -288,8 +292,6 @@ class Firestore:
             else:
                 if response.is_success:
                     return response
-                if missing_ok and response.status_code == 404:
-                    return None
                 error = error_from(response)
             delay = backoff_delay(attempt, RETRY_BASE_DELAY, RETRY_MAX_DELAY)
             if not isinstance(error, Unavailable) or self._clock() - started + delay > RETRY_WINDOW:

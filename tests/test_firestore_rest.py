@@ -28,6 +28,7 @@ from shared.firestore_rest import (
     Firestore,
     FirestoreError,
     MetadataToken,
+    NotFound,
     PreconditionFailed,
     Unavailable,
     decode_fields,
@@ -202,6 +203,7 @@ def test_faults_that_pass_are_tried_again(fault: httpx.Response | Exception) -> 
     ("answer", "kind"),
     [
         (_error(409, "ALREADY_EXISTS"), AlreadyExists),
+        (_error(404, "NOT_FOUND"), NotFound),
         (_error(400, "FAILED_PRECONDITION"), PreconditionFailed),
         (_error(403, "PERMISSION_DENIED"), FirestoreError),
         (_error(400, "INVALID_ARGUMENT"), FirestoreError),
