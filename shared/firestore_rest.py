@@ -5,10 +5,10 @@ it took 140-270 ms of every cold start, about as long as the rest of the functio
 on httpx, which the functions load anyway, and talk to the emulator when `FIRESTORE_EMULATOR_HOST`
 is set, as the SDK does.
 
-Every call is tried again on a fault that may pass (no answer, 429, 500, 503, 504, ABORTED) within
-`RETRY_WINDOW`. That is safe for writes too: each write carries a precondition, so a write whose
-first attempt did land is refused the second time (ALREADY_EXISTS, FAILED_PRECONDITION), and the
-caller reads the document again.
+Every call is tried again on a fault that may pass (no answer, 429, 500, 502, 503, 504, ABORTED)
+within `RETRY_WINDOW`. That is safe for writes too: each write carries a precondition, so a write
+whose first attempt did land is refused the second time (ALREADY_EXISTS, FAILED_PRECONDITION), and
+the caller reads the document again. A token Firestore refuses (401) is replaced once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -77,17 +77,21 @@ _BY_STATUS: dict[str, type[FirestoreError]] = {
 def error_from(response: httpx.Response) -> FirestoreError:
     """The typed error for a Firestore answer that is not a success."""
     try:
-        error = response.json()
-        if isinstance(error, list):  # runQuery answers a stream, even for an error
-            error = error[0]
-        status = str(error["error"]["status"])
-        message = str(error["error"].get("message", ""))
+        body = response.json()
+        if isinstance(body, list):  # runQuery answers a stream, even for an error
+            body = body[0]
+        return _typed(body["error"], response.status_code)
     except (ValueError, LookupError, TypeError):
-        status, message = f"HTTP_{response.status_code}", response.text[:300]
+        kind = Unavailable if response.status_code in _TRANSIENT_HTTP else FirestoreError
+        return kind(f"HTTP_{response.status_code}", response.text[:300], response.status_code)
+
+
+def _typed(error: Mapping[str, Any], http_status: int) -> FirestoreError:
+    status, message = str(error["status"]), str(error.get("message", ""))
     kind = _BY_STATUS.get(status)
     if kind is None:
-        kind = Unavailable if response.status_code in _TRANSIENT_HTTP else FirestoreError
-    return kind(status, message, response.status_code)
+        kind = Unavailable if http_status in _TRANSIENT_HTTP else FirestoreError
+    return kind(status, message, http_status)
 
 
 # --------------------------------------------------------------------------------------- values
@@ -173,24 +177,66 @@ class Document:
         )
 
 
+class TokenSource(Protocol):
+    def __call__(self) -> str:
+        """The access token to send now."""
+
+    def forget(self) -> None:
+        """Drop a token Firestore refused, so that the next call fetches a new one."""
+
+
+class StaticToken:
+    """A token that never changes: the emulator's `owner`, which bypasses security rules as a
+    service account does."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self) -> str:
+        return self._token
+
+    def forget(self) -> None:
+        pass
+
+
+EMULATOR_TOKEN = StaticToken("owner")
+
+
 class MetadataToken:
     """The instance's OAuth access token from the metadata server, cached until shortly before it
     expires. Cloud Functions run as their service account; this is how its token is obtained."""
 
     EARLY_REFRESH_SECONDS = 60.0
+    # After a failed fetch, calls fail at once for this long instead of queueing for the server.
+    FAILURE_MEMORY_SECONDS = 1.0
 
     def __init__(self, http: httpx.Client, metadata_host: str) -> None:
         self._http = http
         self._url = f"http://{metadata_host}/computeMetadata/v1/instance/service-accounts/default/token"
         self._lock = threading.Lock()
         self._token: str | None = None
-        self._expires_at = 0.0
+        self._expires_at = 0.0  # wall-clock time, as the token's lifetime is
+        self._failure: str | None = None
+        self._failed_until = 0.0
 
     def __call__(self) -> str:
         with self._lock:
-            if self._token is None or time.monotonic() >= self._expires_at:
+            now = time.time()
+            if self._token is not None and now < self._expires_at:
+                return self._token
+            if self._failure is not None and now < self._failed_until:
+                raise Unavailable("UNAUTHENTICATED", self._failure)
+            try:
                 self._token, self._expires_at = self._fetch()
+            except Unavailable as exc:
+                self._failure, self._failed_until = str(exc), now + self.FAILURE_MEMORY_SECONDS
+                raise
+            self._failure = None
             return self._token
+
+    def forget(self) -> None:
+        with self._lock:
+            self._token = None
 
     def _fetch(self) -> tuple[str, float]:
         try:
@@ -206,12 +252,7 @@ class MetadataToken:
             raise Unavailable(
                 "UNAUTHENTICATED", f"unusable token answer from the metadata server: {exc!r}"
             ) from exc
-        return token, time.monotonic() + max(0.0, lifetime - self.EARLY_REFRESH_SECONDS)
-
-
-def emulator_token() -> str:
-    # The emulator's administrator token: it bypasses security rules, as a service account does.
-    return "owner"
+        return token, time.time() + max(0.0, lifetime - self.EARLY_REFRESH_SECONDS)
 
 
 class Firestore:
@@ -223,7 +264,7 @@ class Firestore:
         project: str,
         *,
         base_url: str = PRODUCTION_URL,
-        token: Callable[[], str] = emulator_token,
+        token: TokenSource = EMULATOR_TOKEN,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -270,7 +311,13 @@ class Firestore:
             "limit": limit,
         }
         response = self._call("POST", f"{self._url}:runQuery", json={"structuredQuery": query})
-        return [Document.from_json(item["document"]) for item in response.json() if "document" in item]
+        documents = []
+        for item in response.json():
+            if "error" in item:  # the stream broke off after it had started
+                raise _typed(item["error"], response.status_code)
+            if "document" in item:
+                documents.append(Document.from_json(item["document"]))
+        return documents
 
     def _commit(self, write: dict[str, Any]) -> str:
         response = self._call("POST", f"{self._url}:commit", json={"writes": [write]})
@@ -279,6 +326,7 @@ class Firestore:
     def _call(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
         started = self._clock()
         attempt = 0
+        token_refused = False
         while True:
             attempt += 1
             error: FirestoreError
@@ -293,6 +341,11 @@ class Firestore:
                 if response.is_success:
                     return response
                 error = error_from(response)
+                if error.status == "UNAUTHENTICATED" and not token_refused:
+                    # A token refused before its time (revoked, say): fetch a new one, once.
+                    token_refused = True
+                    self._token.forget()
+                    continue
             delay = backoff_delay(attempt, RETRY_BASE_DELAY, RETRY_MAX_DELAY)
             if not isinstance(error, Unavailable) or self._clock() - started + delay > RETRY_WINDOW:
                 raise error

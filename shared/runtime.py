@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 import sys
+import threading
 from dataclasses import dataclass
 from functools import cache
 
@@ -56,8 +57,11 @@ def firestore_client(settings: Settings, tls: ssl.SSLContext) -> firestore_rest.
     return firestore_rest.Firestore(http, settings.project, token=token)
 
 
+_building = threading.Lock()
+
+
 @cache
-def get_runtime() -> Runtime:
+def _build_runtime() -> Runtime:
     settings = get_settings()
     # One TLS context for every client: loading the CA bundle is a noticeable part of a cold start.
     tls = httpx.create_ssl_context()
@@ -67,3 +71,9 @@ def get_runtime() -> Runtime:
     pipeline = Pipeline(settings, store, novita, media_http)
     recovery = Recovery(settings, store, novita, pipeline)
     return Runtime(settings=settings, store=store, pipeline=pipeline, recovery=recovery)
+
+
+def get_runtime() -> Runtime:
+    """The instance's runtime. A burst of first requests on its threads builds it once."""
+    with _building:
+        return _build_runtime()

@@ -128,10 +128,15 @@ class SketchStore:
                 except AlreadyExists:
                     pass
                 document = self._db.get(self._slots, place)
+                if document is not None and document.data.get("sketch_id") == sketch_id:
+                    return True  # our own create landed, but its answer was lost and the retry refused
                 if document is None or not self._slot_is_free(document.data):
                     continue
                 if self._write_if_unchanged(self._slots, place, taken, document.update_time) is not None:
                     return True
+                again = self._db.get(self._slots, place)
+                if again is not None and again.data.get("sketch_id") == sketch_id:
+                    return True  # the same, for the conditional update
         return False
 
     def _write_if_unchanged(

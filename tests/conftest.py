@@ -29,6 +29,12 @@ HTTP_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 FIGURES: list[tuple[str, str, str]] = []
 
 
+def firestore_error(http_status: int, status: str) -> httpx.Response:
+    """An error answer as Firestore's REST API gives it."""
+    error = {"code": http_status, "message": f"{status} (scripted)", "status": status}
+    return httpx.Response(http_status, json={"error": error})
+
+
 def record_figure(scenario: str, figure: str, value: object) -> None:
     FIGURES.append((scenario, figure, str(value)))
 

@@ -22,6 +22,7 @@ from devstack.emulator import FirestoreEmulator
 from devstack.functions import ROOT
 from shared.config import settings_from
 from shared.firestore_rest import (
+    EMULATOR_TOKEN,
     RETRY_WINDOW,
     TIMEOUT,
     AlreadyExists,
@@ -30,15 +31,16 @@ from shared.firestore_rest import (
     MetadataToken,
     NotFound,
     PreconditionFailed,
+    StaticToken,
+    TokenSource,
     Unavailable,
     decode_fields,
-    emulator_token,
     encode_fields,
     field_path,
 )
 from shared.runtime import firestore_client
 from shared.sketch import Status
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, firestore_error
 
 # ------------------------------------------------------------------------------------- values
 
@@ -166,15 +168,10 @@ class Scripted:
         return answer
 
 
-def _error(http_status: int, status: str) -> httpx.Response:
-    error = {"code": http_status, "message": "m", "status": status}
-    return httpx.Response(http_status, json={"error": error})
-
-
 DOC = {"name": "projects/p/databases/(default)/documents/c/d", "fields": {}, "updateTime": "t1"}
 
 
-def _db(script: Scripted, sleeps: list[float], token: Any = lambda: "tok") -> Firestore:
+def _db(script: Scripted, sleeps: list[float], token: TokenSource = EMULATOR_TOKEN) -> Firestore:
     http = httpx.Client(transport=httpx.MockTransport(script))
     return Firestore(http, "p", base_url="http://firestore.test", token=token, sleep=sleeps.append)
 
@@ -182,10 +179,10 @@ def _db(script: Scripted, sleeps: list[float], token: Any = lambda: "tok") -> Fi
 @pytest.mark.parametrize(
     "fault",
     [
-        _error(503, "UNAVAILABLE"),
-        _error(409, "ABORTED"),
-        _error(429, "RESOURCE_EXHAUSTED"),
-        _error(504, "DEADLINE_EXCEEDED"),
+        firestore_error(503, "UNAVAILABLE"),
+        firestore_error(409, "ABORTED"),
+        firestore_error(429, "RESOURCE_EXHAUSTED"),
+        firestore_error(504, "DEADLINE_EXCEEDED"),
         httpx.Response(502, text="<html>bad gateway</html>"),
         httpx.ConnectError("refused"),
         httpx.ReadTimeout("slow"),
@@ -202,11 +199,11 @@ def test_faults_that_pass_are_tried_again(fault: httpx.Response | Exception) -> 
 @pytest.mark.parametrize(
     ("answer", "kind"),
     [
-        (_error(409, "ALREADY_EXISTS"), AlreadyExists),
-        (_error(404, "NOT_FOUND"), NotFound),
-        (_error(400, "FAILED_PRECONDITION"), PreconditionFailed),
-        (_error(403, "PERMISSION_DENIED"), FirestoreError),
-        (_error(400, "INVALID_ARGUMENT"), FirestoreError),
+        (firestore_error(409, "ALREADY_EXISTS"), AlreadyExists),
+        (firestore_error(404, "NOT_FOUND"), NotFound),
+        (firestore_error(400, "FAILED_PRECONDITION"), PreconditionFailed),
+        (firestore_error(403, "PERMISSION_DENIED"), FirestoreError),
+        (firestore_error(400, "INVALID_ARGUMENT"), FirestoreError),
     ],
 )
 def test_refusals_are_typed_and_not_tried_again(answer: httpx.Response, kind: type[FirestoreError]) -> None:
@@ -233,7 +230,7 @@ def test_a_store_that_never_answers_gives_up_within_the_window() -> None:
 
 def test_every_call_carries_the_access_token() -> None:
     script, sleeps = Scripted(httpx.Response(200, json={"writeResults": [{"updateTime": "t2"}]})), []
-    db = _db(script, sleeps, token=lambda: "secret-token")
+    db = _db(script, sleeps, token=StaticToken("secret-token"))
     assert db.update("c", "d", {"n": 1}, if_update_time="t1") == "t2"
     request = script.requests[0]
     assert request.headers["Authorization"] == "Bearer secret-token"
@@ -323,19 +320,68 @@ def test_no_usable_token_is_a_fault_that_passes(metadata_factory: Any, answer: d
         MetadataToken(http, metadata.host)()
 
 
-def test_calls_wait_for_a_token_instead_of_going_out_without_one() -> None:
-    attempts = []
+class Tokens:
+    """A token source that fails `failures` times, then hands out token-1, token-2, ..."""
 
-    def token() -> str:
-        attempts.append(1)
-        if len(attempts) < 3:
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.asked = 0
+        self.issued = 0
+        self.current: str | None = None
+
+    def __call__(self) -> str:
+        self.asked += 1
+        if self.asked <= self.failures:
             raise Unavailable("UNAUTHENTICATED", "no access token from the metadata server")
-        return "late-token"
+        if self.current is None:
+            self.issued += 1
+            self.current = f"token-{self.issued}"
+        return self.current
 
+    def forget(self) -> None:
+        self.current = None
+
+
+def test_calls_wait_for_a_token_instead_of_going_out_without_one() -> None:
+    tokens = Tokens(failures=2)
     script, sleeps = Scripted(httpx.Response(200, json=DOC)), []
-    assert _db(script, sleeps, token=token).get("c", "d") is not None
-    assert len(attempts) == 3 and len(script.requests) == 1
-    assert script.requests[0].headers["Authorization"] == "Bearer late-token"
+    assert _db(script, sleeps, token=tokens).get("c", "d") is not None
+    assert tokens.asked == 3 and len(script.requests) == 1
+    assert script.requests[0].headers["Authorization"] == "Bearer token-1"
+
+
+def test_a_refused_token_is_replaced_once() -> None:
+    tokens = Tokens()
+    refused = firestore_error(401, "UNAUTHENTICATED")
+    script, sleeps = Scripted(refused, httpx.Response(200, json=DOC)), []
+    assert _db(script, sleeps, token=tokens).get("c", "d") is not None
+    assert [r.headers["Authorization"] for r in script.requests] == ["Bearer token-1", "Bearer token-2"]
+
+    script = Scripted(refused)  # refused again with the new token: a real refusal, said at once
+    with pytest.raises(FirestoreError, match="UNAUTHENTICATED") as caught:
+        _db(script, sleeps, token=tokens).get("c", "d")
+    assert not isinstance(caught.value, Unavailable) and len(script.requests) == 2
+
+
+def test_a_query_whose_stream_breaks_off_is_an_error() -> None:
+    stream = [
+        {"document": DOC, "readTime": "t"},
+        {"error": {"code": 503, "message": "stream reset", "status": "UNAVAILABLE"}},
+    ]
+    script, sleeps = Scripted(httpx.Response(200, json=stream)), []
+    with pytest.raises(Unavailable, match="stream reset"):
+        _db(script, sleeps).at_most("c", "due", 1, limit=10)
+
+
+def test_a_failed_token_fetch_is_remembered_briefly(metadata_factory: Any) -> None:
+    metadata = metadata_factory(status=500)
+    with httpx.Client(timeout=5) as http:
+        token = MetadataToken(http, metadata.host)
+        for _ in range(3):
+            with pytest.raises(Unavailable, match="metadata server"):
+                token()
+    # Threads that queue behind a failed fetch fail at once instead of each asking again.
+    assert metadata.asked == 1
 
 
 def test_outside_the_emulator_firestore_is_asked_with_the_instance_token(metadata_factory: Any) -> None:
@@ -357,7 +403,7 @@ def test_outside_the_emulator_firestore_is_asked_with_the_instance_token(metadat
 
     emulated = firestore_client(settings_from({**env, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8686"}), tls)
     assert emulated._url.startswith("http://127.0.0.1:8686/v1/projects/prod-project/")
-    assert emulated._token is emulator_token
+    assert emulated._token is EMULATOR_TOKEN
 
 
 @pytest.mark.parametrize("function", ["create_sketch", "novita_webhook"])
