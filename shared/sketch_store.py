@@ -46,6 +46,10 @@ def _versioned(sketch: Sketch, update_time: str) -> Sketch:
     return sketch
 
 
+def _holds(place: Document | None, sketch_id: str) -> bool:
+    return place is not None and place.data.get("sketch_id") == sketch_id
+
+
 def _sketch(document: Document) -> Sketch:
     return _versioned(Sketch.model_validate(document.data), document.update_time)
 
@@ -128,15 +132,17 @@ class SketchStore:
                 except AlreadyExists:
                     pass
                 document = self._db.get(self._slots, place)
-                if document is not None and document.data.get("sketch_id") == sketch_id:
-                    return True  # our own create landed, but its answer was lost and the retry refused
-                if document is None or not self._slot_is_free(document.data):
-                    continue
-                if self._write_if_unchanged(self._slots, place, taken, document.update_time) is not None:
+                if (
+                    document is not None
+                    and not _holds(document, sketch_id)
+                    and self._slot_is_free(document.data)
+                ):
+                    if self._write_if_unchanged(self._slots, place, taken, document.update_time) is not None:
+                        return True
+                    document = self._db.get(self._slots, place)
+                # A create or update of ours may have landed with its answer lost, its retry refused.
+                if _holds(document, sketch_id):
                     return True
-                again = self._db.get(self._slots, place)
-                if again is not None and again.data.get("sketch_id") == sketch_id:
-                    return True  # the same, for the conditional update
         return False
 
     def _write_if_unchanged(

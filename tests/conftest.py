@@ -35,6 +35,22 @@ def firestore_error(http_status: int, status: str) -> httpx.Response:
     return httpx.Response(http_status, json={"error": error})
 
 
+class Scripted:
+    """An httpx MockTransport handler answering from a script (the last answer repeats); records
+    what it was asked."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
 def record_figure(scenario: str, figure: str, value: object) -> None:
     FIGURES.append((scenario, figure, str(value)))
 

@@ -40,7 +40,7 @@ from shared.firestore_rest import (
 )
 from shared.runtime import firestore_client
 from shared.sketch import Status
-from tests.conftest import PROJECT, firestore_error
+from tests.conftest import PROJECT, Scripted, firestore_error
 
 # ------------------------------------------------------------------------------------- values
 
@@ -151,21 +151,6 @@ def test_a_refused_call_says_why(db: Firestore) -> None:
 
 
 # ------------------------------------------------------------------------------------ retries
-
-
-class Scripted:
-    """A Firestore stand-in answering from a script; records what it was asked."""
-
-    def __init__(self, *answers: httpx.Response | Exception) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 DOC = {"name": "projects/p/databases/(default)/documents/c/d", "fields": {}, "updateTime": "t1"}
