@@ -1,4 +1,4 @@
-"""Google's Firestore emulator, started as one JVM bound to loopback."""
+"""Google's Firestore emulator, started as one JVM bound to loopback, and where the SDK's emulators are."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from functools import cache
 from pathlib import Path
 
 import httpx
@@ -16,11 +17,10 @@ JAR_IN_SDK = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.ja
 MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
 
 
-def find_jar() -> Path:
-    """The emulator jar of the installed Google Cloud SDK (package google-cloud-cli-firestore-emulator)."""
+@cache
+def sdk_roots() -> list[Path]:
+    """Where the Google Cloud SDK (and so its emulators) may be installed, the one gcloud names first."""
     roots: list[Path] = []
-    if os.environ.get("FIRESTORE_EMULATOR_JAR"):
-        return Path(os.environ["FIRESTORE_EMULATOR_JAR"])
     gcloud = shutil.which("gcloud")
     if gcloud:
         try:
@@ -35,8 +35,14 @@ def find_jar() -> Path:
                 roots.append(Path(out))
         except (OSError, subprocess.TimeoutExpired):
             pass
-    roots += [Path("/usr/lib/google-cloud-sdk"), Path("/usr/share/google-cloud-sdk")]
-    for root in roots:
+    return [*roots, Path("/usr/lib/google-cloud-sdk"), Path("/usr/share/google-cloud-sdk")]
+
+
+def find_jar() -> Path:
+    """The emulator jar of the installed Google Cloud SDK (package google-cloud-cli-firestore-emulator)."""
+    if os.environ.get("FIRESTORE_EMULATOR_JAR"):
+        return Path(os.environ["FIRESTORE_EMULATOR_JAR"])
+    for root in sdk_roots():
         if (root / JAR_IN_SDK).is_file():
             return root / JAR_IN_SDK
     raise FileNotFoundError(
@@ -56,6 +62,10 @@ class FirestoreEmulator:
     @property
     def url(self) -> str:
         return f"http://{self.host}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
 
     def start(self, timeout: float = 60.0) -> FirestoreEmulator:
         cmd = [

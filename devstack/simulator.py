@@ -21,6 +21,9 @@ class SimulatorProcess:
         port: int | None = None,
         image_delay: float | None = None,
         video_delay: float | None = None,
+        personality: str | None = None,
+        ttl: int | None = None,
+        task_result_delay: float | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -39,6 +42,12 @@ class SimulatorProcess:
             self._cmd += ["--image-delay", str(image_delay)]
         if video_delay is not None:
             self._cmd += ["--video-delay", str(video_delay)]
+        if personality is not None:
+            self._cmd += ["--personality", personality]
+        if ttl is not None:
+            self._cmd += ["--ttl", str(ttl)]
+        if task_result_delay is not None:
+            self._cmd += ["--task-result-delay", str(task_result_delay)]
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -1,4 +1,8 @@
-"""Run the simulator as its own process: python -m novita_simulator --port 8090 --api-key KEY."""
+"""Run the simulator as its own process: python -m novita_simulator --port 8090 --api-key KEY.
+
+Every setting, fault switches included, can be changed while it runs with POST /_sim/config; POST
+/_sim/reset restores the settings given here, and GET /_sim/stats shows counters and settings.
+"""
 
 import argparse
 import signal
@@ -16,6 +20,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--api-key", required=True, help="the Bearer key clients must send")
     parser.add_argument(
+        "--personality",
+        choices=("guide", "reference"),
+        default=defaults.personality,
+        help="which Novita to be: the integration guide's (any txt2img model, multipart Kling with a"
+        " webhook) or the public reference's (checkpoints only on txt2img, JSON Kling without a webhook,"
+        " results at the top of the payload with string TTLs)",
+    )
+    parser.add_argument(
         "--webhook-delay",
         "--image-delay",
         dest="image_delay",
@@ -30,7 +42,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds from a Kling request to its result",
     )
     parser.add_argument(
-        "--layout", choices=("extra", "top"), default=defaults.layout, help="where webhook results sit"
+        "--seedream-delay",
+        type=float,
+        default=defaults.seedream_delay,
+        help="seconds the synchronous Seedream 3.0 endpoint takes to answer with its image",
+    )
+    parser.add_argument(
+        "--task-result-delay",
+        type=float,
+        default=defaults.task_result_delay,
+        help="seconds task-result takes to answer",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("extra", "top"),
+        default=defaults.layout,
+        help="where webhook results sit under the guide personality (the reference's are always on top)",
     )
     parser.add_argument(
         "--ttl", dest="media_ttl", type=int, default=defaults.media_ttl, help="media link lifetime (s)"
@@ -41,8 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = SimulatorConfig(
+        personality=args.personality,
         image_delay=args.image_delay,
         video_delay=args.video_delay,
+        seedream_delay=args.seedream_delay,
+        task_result_delay=args.task_result_delay,
         layout=args.layout,
         media_ttl=args.media_ttl,
     )

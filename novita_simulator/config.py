@@ -1,7 +1,21 @@
-"""Runtime settings of the simulator, including the faults it injects."""
+"""Runtime settings of the simulator: its personality, its timings and the faults it injects.
+
+The personality decides which of Novita's two descriptions the API follows:
+
+- `guide` (the integration guide): `/v3/async/txt2img` takes any model name, Seedream included;
+  Kling takes `multipart/form-data` with the still as the file field `image` and the webhook in
+  the `extra` JSON string; results sit where `layout` says, TTLs are numbers unless
+  `ttl_as_string`; a spent balance is 403 `NOT_ENOUGH_BALANCE`.
+- `reference` (Novita's public API reference): `/v3/async/txt2img` takes Stable Diffusion
+  checkpoints only, with prompts of at most 1024 characters; Kling takes JSON with `image` as a URL
+  or data URI and calls no webhook; results sit at the top of the payload (the task-result
+  schema) with TTLs as strings; a spent balance is 400 `BILLING_BALANCE_NOT_ENOUGH`.
+
+The synchronous Seedream 3.0 endpoint, `POST /v3/seedream-3-0-txt2img`, answers in both.
+"""
 
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -13,21 +27,31 @@ from pydantic import (
     PositiveInt,
 )
 
+Personality = Literal["guide", "reference"]
+Layout = Literal["extra", "top"]
 TaskKind = Literal["txt2img", "kling"]
-Endpoint = Literal["txt2img", "kling", "task_result"]
+# The requests Novita bills: each makes media, so a spent balance refuses them.
+PaidEndpoint = Literal["txt2img", "seedream", "kling"]
+PAID_ENDPOINTS: tuple[PaidEndpoint, ...] = get_args(PaidEndpoint)
+Endpoint = Literal["txt2img", "seedream", "kling", "task_result"]
 ErrorStatus = Annotated[int, Field(ge=400, le=599)]
 
 
 class SimulatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    personality: Personality = "guide"
     image_delay: NonNegativeFloat = 0.5
     video_delay: NonNegativeFloat = 1.0
-    layout: Literal["extra", "top"] = "extra"
+    # Seedream 3.0 answers with the image itself, so the caller waits this long.
+    seedream_delay: NonNegativeFloat = 1.0
+    task_result_delay: NonNegativeFloat = 0.0
+    layout: Layout = "extra"
     ttl_as_string: bool = False
     media_ttl: NonNegativeInt = 3600
     fail_tasks: dict[TaskKind, NonNegativeInt] = Field(default_factory=dict)
     http_errors: dict[Endpoint, list[ErrorStatus]] = Field(default_factory=dict)
+    balance_exhausted: bool = False
     deliveries: PositiveInt = 1
     concurrent_deliveries: bool = False
     drop_webhooks: bool = False
@@ -36,7 +60,7 @@ class SimulatorConfig(BaseModel):
     webhook_timeout: PositiveFloat = 5.0
     webhook_attempts: PositiveInt = 5
     webhook_retry_backoff: NonNegativeFloat = 0.2
-    accept_then_drop_response: dict[TaskKind, NonNegativeInt] = Field(default_factory=dict)
+    accept_then_drop_response: dict[PaidEndpoint, NonNegativeInt] = Field(default_factory=dict)
 
     def with_changes(self, changes: Mapping[str, object]) -> "SimulatorConfig":
         """Validate the changed settings as a whole; raises ValueError on unknown or bad fields."""

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from novita_simulator.config import Personality
+
 REASONS = {
     400: "INVALID_REQUEST_BODY",
     401: "INVALID_API_KEY",
@@ -45,3 +47,14 @@ class NovitaError(Exception):
 class InvalidRequest(NovitaError):
     def __init__(self, message: str) -> None:
         super().__init__(400, message)
+
+
+def insufficient_balance(personality: Personality) -> NovitaError:
+    """What a paid request meets when the account is out of credit.
+
+    The guide's answer is the 403 seen in practice; Novita's reference lists 400
+    `BILLING_BALANCE_NOT_ENOUGH` for its image and video APIs (403 `NOT_ENOUGH_BALANCE` is its LLM form).
+    """
+    if personality == "reference":
+        return NovitaError(400, "Insufficient balance", reason="BILLING_BALANCE_NOT_ENOUGH")
+    return NovitaError(403, reason="NOT_ENOUGH_BALANCE")

@@ -1,4 +1,4 @@
-"""Real media the simulated tasks produce: stills (JPEG/PNG and broken variants) and MP4 clips."""
+"""Real media the simulator produces: stills (JPEG/PNG and broken variants) and MP4 clips."""
 
 import hashlib
 import io
@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 ImageMode = Literal["normal", "small", "large", "not_image", "png"]
 
 SMALL_SIDE = 200
+WATERMARK = "AI generated"  # Seedream 3.0's label, bottom right
 # Larger than 10 MiB, so it breaks both the 10 MB and the 10 MiB reading of Kling's limit.
 LARGE_MIN_BYTES = 10 * 1024 * 1024 + 64 * 1024
 MAX_COMMENT_SEGMENT = 65533  # a JPEG segment's length field is 16 bits and counts itself
@@ -38,12 +39,14 @@ class MediaAsset:
     is_video: bool = False
 
 
-def make_still(prompt: str, width: int, height: int, mode: ImageMode) -> MediaAsset:
+def make_still(prompt: str, width: int, height: int, mode: ImageMode, watermark: bool = False) -> MediaAsset:
     if mode == "not_image":
         return MediaAsset(NOT_AN_IMAGE, "image/jpeg", "jpg", "jpeg")
     if mode == "small":
         width = height = SMALL_SIDE
     picture = draw_prompt(prompt, width, height)
+    if watermark:
+        stamp_watermark(picture)
     if mode == "png":
         return MediaAsset(encode(picture, "PNG"), "image/png", "png", "png")
     jpeg = encode(picture, "JPEG")
@@ -71,6 +74,21 @@ def draw_prompt(prompt: str, width: int, height: int) -> Image.Image:
         stroke_fill="black",
     )
     return picture
+
+
+def stamp_watermark(picture: Image.Image) -> None:
+    font_size = max(10, picture.width // 40)
+    font = ImageFont.load_default(size=font_size)
+    margin = font_size // 2
+    ImageDraw.Draw(picture).text(
+        (picture.width - margin, picture.height - margin),
+        WATERMARK,
+        font=font,
+        anchor="rd",
+        fill="white",
+        stroke_width=1,
+        stroke_fill="black",
+    )
 
 
 def encode(picture: Image.Image, image_format: str) -> bytes:

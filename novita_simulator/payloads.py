@@ -1,23 +1,32 @@
-"""The JSON Novita sends: webhook events and task-result answers, with fresh presigned-style media links."""
+"""The JSON Novita sends: webhook events, task-result answers and Seedream's synchronous answer, with
+fresh presigned-style media links."""
 
-from typing import Any
+import base64
+from typing import Any, Literal
 
 from novita_simulator.config import SimulatorConfig
-from novita_simulator.state import SimulatorState
+from novita_simulator.media import MediaAsset
+from novita_simulator.state import MEDIA_PREFIX, SimulatorState
 from novita_simulator.task import Task
 
 Entry = dict[str, Any]
+
+
+def media_url(state: SimulatorState, base_url: str, asset: MediaAsset, ttl_seconds: int) -> str:
+    return f"{base_url}{MEDIA_PREFIX}{state.issue_link(asset, ttl_seconds)}"
 
 
 def result_entries(
     state: SimulatorState, task: Task, base_url: str, config: SimulatorConfig
 ) -> tuple[list[Entry], list[Entry]]:
     """Image and video entries, each with a newly issued link that expires after config.media_ttl."""
-    ttl: int | str = str(config.media_ttl) if config.ttl_as_string else config.media_ttl
+    # the reference's examples give TTLs as strings; the guide's as numbers
+    as_string = config.ttl_as_string or config.personality == "reference"
+    ttl: int | str = str(config.media_ttl) if as_string else config.media_ttl
     images: list[Entry] = []
     videos: list[Entry] = []
     for asset in task.media:
-        url = f"{base_url}/media/{state.issue_link(asset, config.media_ttl)}"
+        url = media_url(state, base_url, asset, config.media_ttl)
         if asset.is_video:
             videos.append(
                 {
@@ -32,7 +41,12 @@ def result_entries(
     return images, videos
 
 
-def webhook_body(task: Task, images: list[Entry], videos: list[Entry], layout: str) -> dict[str, Any]:
+def webhook_body(
+    task: Task, images: list[Entry], videos: list[Entry], config: SimulatorConfig
+) -> dict[str, Any]:
+    if config.personality == "reference":
+        # "The schema of the payload fields is exactly the same as the response from the Task Result API."
+        return {"event_type": "ASYNC_TASK_RESULT", "payload": task_result_body(task, images, videos)}
     payload: dict[str, Any] = {
         "task": {
             "task_id": task.task_id,
@@ -44,8 +58,8 @@ def webhook_body(task: Task, images: list[Entry], videos: list[Entry], layout: s
         },
         "extra": {},
     }
-    if layout == "top":
-        # Novita's reference: the task-result schema, lists always present
+    if config.layout == "top":
+        # the reference's place for results, in the guide's event
         payload.update(images=images, videos=videos)
     else:
         # the integration guide: results inside extra, only the lists that have entries
@@ -69,3 +83,16 @@ def task_result_body(task: Task, images: list[Entry], videos: list[Entry]) -> di
         "videos": videos,
         "extra": {},
     }
+
+
+def seedream_body(
+    state: SimulatorState,
+    base_url: str,
+    still: MediaAsset,
+    response_format: Literal["url", "b64_json"],
+    ttl_seconds: int,
+) -> dict[str, list[str]]:
+    """Seedream 3.0's answer: the image as a link or as base64, in the array the format names; no TTL."""
+    if response_format == "b64_json":
+        return {"image_urls": [], "binary_data_base64": [base64.b64encode(still.data).decode("ascii")]}
+    return {"image_urls": [media_url(state, base_url, still, ttl_seconds)], "binary_data_base64": []}

@@ -92,7 +92,7 @@ class TaskRunner:
                     media = produce(task.config)
                 except (OSError, ValueError, av.FFmpegError) as error:  # fail the task rather than hang it
                     failure_reason = f"simulator could not produce the result: {error}"
-            remaining = task.accepted_monotonic + task.delay - time.monotonic()
+            remaining = task.due_monotonic - time.monotonic()
             if remaining > 0 and self._stopping.wait(remaining):
                 return
             finished = self._state.finish_task(task.task_id, failure_reason, tuple(media))
@@ -106,5 +106,5 @@ class TaskRunner:
         if task.webhook_url is None or config.drop_webhooks:
             return
         images, videos = result_entries(self._state, task, self._base_url, config)
-        body = json.dumps(webhook_body(task, images, videos, config.layout)).encode()
+        body = json.dumps(webhook_body(task, images, videos, config)).encode()
         self._dispatcher.dispatch(task.task_id, task.webhook_url, body, config)

@@ -5,24 +5,27 @@ import hmac
 import json
 import socket
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
-from novita_simulator.config import Endpoint
-from novita_simulator.errors import InvalidRequest, NovitaError
-from novita_simulator.payloads import result_entries, task_result_body
+from novita_simulator.config import PAID_ENDPOINTS, Endpoint, SimulatorConfig
+from novita_simulator.errors import InvalidRequest, NovitaError, insufficient_balance
+from novita_simulator.media import make_still
+from novita_simulator.payloads import result_entries, seedream_body, task_result_body
 from novita_simulator.runner import TaskRunner
-from novita_simulator.state import SimulatorState
+from novita_simulator.state import MEDIA_PREFIX, SimulatorState
+from novita_simulator.still_fetcher import StillFetcher
 from novita_simulator.task import Task
-from novita_simulator.validation import parse_kling, parse_txt2img
+from novita_simulator.validation import parse_kling, parse_seedream, parse_txt2img
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-MEDIA_PREFIX = "/media/"
 API_ROUTES: dict[str, tuple[Endpoint, str]] = {
     "/v3/async/txt2img": ("txt2img", "POST"),
+    "/v3/seedream-3-0-txt2img": ("seedream", "POST"),
     "/v3/async/kling-v2.1-i2v-master": ("kling", "POST"),
     "/v3/async/task-result": ("task_result", "GET"),
 }
@@ -37,6 +40,7 @@ class ApiContext:
     base_url: str
     state: SimulatorState
     runner: TaskRunner
+    stills: StillFetcher
     stopping: threading.Event
 
 
@@ -118,12 +122,18 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
             injected_status = state.take_http_error(endpoint)
             if injected_status is not None:
                 raise NovitaError(injected_status)
+            # one snapshot for the whole request, so a change mid-request cannot mix two personalities
+            config = state.config
+            if endpoint in PAID_ENDPOINTS and config.balance_exhausted:
+                raise insufficient_balance(config.personality)
             if endpoint == "txt2img":
-                self._txt2img(body)
+                self._txt2img(body, config)
+            elif endpoint == "seedream":
+                self._seedream(body, config)
             elif endpoint == "kling":
-                self._kling(body)
+                self._kling(body, config)
             else:
-                self._task_result(query)
+                self._task_result(query, config)
         else:
             raise NovitaError(404, f"no route for {method} {path}")
 
@@ -133,17 +143,39 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
         if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), expected):
             raise NovitaError(401, "invalid or missing API key")
 
-    def _txt2img(self, body: bytes) -> None:
-        task = self.server.context.runner.accept_txt2img(parse_txt2img(body))
+    def _txt2img(self, body: bytes, config: SimulatorConfig) -> None:
+        task = self.server.context.runner.accept_txt2img(parse_txt2img(body, config.personality))
         self._answer_accepted(task)
 
-    def _kling(self, body: bytes) -> None:
+    def _seedream(self, body: bytes, config: SimulatorConfig) -> None:
+        """Synchronous: the caller waits seedream_delay for the image itself; no task, no webhook."""
         context = self.server.context
-        if context.stopping.wait(context.state.config.kling_accept_delay):
+        started = time.monotonic()
+        request = parse_seedream(body)
+        width, height = request.dimensions
+        # image_mode shapes this still too, so a client's checks on Seedream's output can be tested
+        still = make_still(request.prompt, width, height, config.image_mode, watermark=request.watermark)
+        if context.stopping.wait(max(0.0, started + config.seedream_delay - time.monotonic())):
             self.close_connection = True
             return
-        task = context.runner.accept_kling(parse_kling(self.headers.get("Content-Type", ""), body))
-        self._answer_accepted(task)
+        context.state.count_seedream_image()
+        if context.state.take_fault("accept_then_drop_response", "seedream"):
+            # the image is made and paid for, but the client never receives it
+            self.close_connection = True
+            return
+        answer = seedream_body(
+            context.state, context.base_url, still, request.response_format, config.media_ttl
+        )
+        self._send_json(200, answer)
+
+    def _kling(self, body: bytes, config: SimulatorConfig) -> None:
+        context = self.server.context
+        if context.stopping.wait(config.kling_accept_delay):
+            self.close_connection = True
+            return
+        content_type = self.headers.get("Content-Type", "")
+        request = parse_kling(content_type, body, config.personality, context.stills.fetch)
+        self._answer_accepted(context.runner.accept_kling(request))
 
     def _answer_accepted(self, task: Task) -> None:
         if self.server.context.state.take_fault("accept_then_drop_response", task.kind):
@@ -152,8 +184,11 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
             return
         self._send_json(200, {"task_id": task.task_id})
 
-    def _task_result(self, query: dict[str, list[str]]) -> None:
+    def _task_result(self, query: dict[str, list[str]], config: SimulatorConfig) -> None:
         context = self.server.context
+        if context.stopping.wait(config.task_result_delay):
+            self.close_connection = True
+            return
         task_id = query.get("task_id", [""])[0]
         if not task_id:
             raise InvalidRequest("task_id: required")
@@ -161,15 +196,14 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
         if task is None:
             raise NovitaError(404, f"task {task_id} not found", reason="TASK_NOT_FOUND")
         # every look-up presigns fresh links, with the TTL in force now
-        images, videos = result_entries(context.state, task, context.base_url, context.state.config)
+        images, videos = result_entries(context.state, task, context.base_url, config)
         self._send_json(200, task_result_body(task, images, videos))
 
     def _media(self, name: str, head_only: bool) -> None:
         state = self.server.context.state
         state.count_request("media")
-        token, _, extension = name.rpartition(".")
-        link = state.resolve_link(token)
-        if link is None or link.asset.extension != extension:
+        link = state.find_media(name)
+        if link is None:
             self._send_storage_error(404, "NoSuchKey", "The specified key does not exist.")
         elif link.expired():
             self._send_storage_error(403, "AccessDenied", "Request has expired")

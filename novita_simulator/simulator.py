@@ -9,6 +9,7 @@ from novita_simulator.config import SimulatorConfig
 from novita_simulator.runner import TaskRunner
 from novita_simulator.server import ApiContext, SimulatorHTTPServer
 from novita_simulator.state import SimulatorState
+from novita_simulator.still_fetcher import StillFetcher
 from novita_simulator.webhooks import WebhookDispatcher
 
 WILDCARD_HOSTS = ("", "0.0.0.0")
@@ -35,7 +36,10 @@ class NovitaSimulator:
         # links handed out must be reachable, which a wildcard address is not
         self.base_url = f"http://{'127.0.0.1' if host in WILDCARD_HOSTS else host}:{bound_port}"
         runner = TaskRunner(self._state, self._dispatcher, self._threads, self._stopping, self.base_url)
-        self._server.context = ApiContext(api_key, self.base_url, self._state, runner, self._stopping)
+        self._stills = StillFetcher(self._state, self.base_url)
+        self._server.context = ApiContext(
+            api_key, self.base_url, self._state, runner, self._stills, self._stopping
+        )
         self._serving: threading.Thread | None = None
 
     def start(self) -> Self:
@@ -77,6 +81,7 @@ class NovitaSimulator:
         self._server.close_connections()
         self._threads.join(timeout)
         self._dispatcher.close()
+        self._stills.close()
 
     def __enter__(self) -> Self:
         return self.start()

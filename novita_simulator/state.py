@@ -9,12 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from novita_simulator.config import Endpoint, SimulatorConfig, TaskKind
+from novita_simulator.config import Endpoint, PaidEndpoint, SimulatorConfig, TaskKind
 from novita_simulator.media import MediaAsset
 from novita_simulator.task import FAILED, PROCESSING, QUEUED, SUCCEED, Task
 
 DELIVERY_LOG_SIZE = 500
-COUNTED_REQUESTS = ("txt2img", "kling", "task_result", "media")
+# Media links are `<base_url>/media/<token>.<extension>`, like a presigned object URL.
+MEDIA_PREFIX = "/media/"
+COUNTED_REQUESTS = ("txt2img", "seedream", "kling", "task_result", "media")
 
 ConsumableFault = Literal["fail_tasks", "accept_then_drop_response"]
 
@@ -51,6 +53,7 @@ class SimulatorState:
         self._links: dict[str, MediaLink] = {}
         self._requests = dict.fromkeys(COUNTED_REQUESTS, 0)
         self._tasks_created: dict[TaskKind, int] = {"txt2img": 0, "kling": 0}
+        self._seedream_images = 0
         self._kling_tasks_by_webhook_url: dict[str, int] = {}
         self._webhook_attempts = 0
         self._deliveries: deque[DeliveryAttempt] = deque(maxlen=DELIVERY_LOG_SIZE)
@@ -86,9 +89,9 @@ class SimulatorState:
             )
             return queued[0]
 
-    def take_fault(self, fault: ConsumableFault, kind: TaskKind) -> bool:
+    def take_fault(self, fault: ConsumableFault, kind: PaidEndpoint) -> bool:
         with self._changed:
-            counts: dict[TaskKind, int] = getattr(self._config, fault)
+            counts: dict[PaidEndpoint, int] = getattr(self._config, fault)
             if counts.get(kind, 0) <= 0:
                 return False
             self._config = self._config.model_copy(update={fault: {**counts, kind: counts[kind] - 1}})
@@ -104,6 +107,10 @@ class SimulatorState:
                 by_url[task.webhook_url] = by_url.get(task.webhook_url, 0) + 1
             return self._begin_work_locked()
 
+    def count_seedream_image(self) -> None:
+        with self._changed:
+            self._seedream_images += 1
+
     def task(self, task_id: str) -> Task | None:
         with self._changed:
             task = self._tasks.get(task_id)
@@ -116,6 +123,7 @@ class SimulatorState:
             if task is None or task.status != QUEUED:
                 return False
             task.status = PROCESSING
+            task.processing_monotonic = time.monotonic()
             return True
 
     def finish_task(
@@ -160,19 +168,29 @@ class SimulatorState:
             self._links[token] = MediaLink(asset, time.monotonic() + ttl_seconds)
         return f"{token}.{asset.extension}"
 
-    def resolve_link(self, token: str) -> MediaLink | None:
+    def find_media(self, name: str) -> MediaLink | None:
+        """The link a media name (`<token>.<extension>`, as issue_link made it) stands for, expired or not."""
+        token, _, extension = name.rpartition(".")
         with self._changed:
-            return self._links.get(token)
+            link = self._links.get(token)
+        return link if link is not None and link.asset.extension == extension else None
 
     def wait_idle(self, timeout: float) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: not self._pending, timeout)
 
     def stats(self) -> dict[str, Any]:
+        """Counters since the last reset.
+
+        `requests`: API calls per endpoint (refused ones too) and media downloads. `tasks_created`:
+        async tasks accepted, per kind. `seedream_images`: images the synchronous Seedream endpoint
+        made; each is paid, but none is a task (task-result does not know them).
+        """
         with self._changed:
             return {
                 "requests": dict(self._requests),
                 "tasks_created": dict(self._tasks_created),
+                "seedream_images": self._seedream_images,
                 "kling_tasks_by_webhook_url": dict(self._kling_tasks_by_webhook_url),
                 "webhook_attempts": self._webhook_attempts,
                 "webhook_deliveries": [dataclasses.asdict(attempt) for attempt in self._deliveries],

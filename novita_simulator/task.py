@@ -1,5 +1,6 @@
 """A simulated async task and the status vocabulary Novita uses for it."""
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Final
@@ -29,6 +30,7 @@ class Task:
     created_at: float = field(default_factory=time.time)
     accepted_monotonic: float = field(default_factory=time.monotonic)
     status: str = QUEUED
+    processing_monotonic: float | None = None
     reason: str = ""
     finished_at: float | None = None
     media: tuple[MediaAsset, ...] = ()
@@ -37,14 +39,23 @@ class Task:
     def task_type(self) -> str:
         return TASK_TYPES[self.kind]
 
+    @property
+    def due_monotonic(self) -> float:
+        return self.accepted_monotonic + self.delay
+
     def progress_percent(self) -> int:
+        """0 while queued, then the share of the processing time gone by (at most 99), 100 once finished."""
         if self.status in (SUCCEED, FAILED):
             return 100
-        if self.status == QUEUED or self.delay <= 0:
+        if self.processing_monotonic is None:
             return 0
-        return min(99, int(100 * (time.monotonic() - self.accepted_monotonic) / self.delay))
+        processing_time = self.due_monotonic - self.processing_monotonic
+        if processing_time <= 0:
+            return 0
+        return min(99, int(100 * (time.monotonic() - self.processing_monotonic) / processing_time))
 
     def eta_seconds(self) -> int:
+        """Whole seconds until the task is due; rounded up, so an unfinished task says 0 only when overdue."""
         if self.status in (SUCCEED, FAILED):
             return 0
-        return max(0, round(self.accepted_monotonic + self.delay - time.monotonic()))
+        return max(0, math.ceil(self.due_monotonic - time.monotonic()))

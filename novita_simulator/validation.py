@@ -1,21 +1,48 @@
-"""Checks incoming API requests the way Novita does, answering 400 INVALID_REQUEST_BODY."""
+"""Checks incoming API requests the way Novita does, answering 400 INVALID_REQUEST_BODY.
+
+Where the personalities differ (see config), each has its own body model or parser here.
+"""
 
 import io
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from novita_simulator.config import Personality
 from novita_simulator.errors import InvalidRequest
 from novita_simulator.multipart import FormPart, MultipartError, is_form_data, parse_form_data
 from novita_simulator.task import SUCCEED
 
 KLING_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 KLING_MIN_SIDE = 300
-KLING_DURATIONS = ("5", "10")
 KLING_MAX_PROMPT = 2500
+# Kling's still and Seedream's size: the longer side at most 2.5 times the shorter.
+MAX_ASPECT_RATIO = 2.5
+TXT2IMG_MAX_PROMPT = 1024
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+SEEDREAM_MAX_PROMPT = 1024
+SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE = 300, 2048
+SEEDREAM_MIN_AREA = 512 * 512
+SEEDREAM_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+
+KlingDuration = Literal["5", "10"]
+KLING_DEFAULT_DURATION: KlingDuration = "5"
+# Fetches the still a Kling JSON request names by its `image` string; refuses with InvalidRequest.
+FetchStill = Callable[[str], bytes]
+
+
+def not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
+NonBlankText = Annotated[str, AfterValidator(not_blank)]
 
 
 class WebhookTestMode(BaseModel):
@@ -49,7 +76,7 @@ class Txt2ImgSettings(BaseModel):
     model_config = ConfigDict(strict=True)
 
     model_name: str = Field(min_length=1)
-    prompt: str
+    prompt: NonBlankText
     negative_prompt: str = ""
     width: int = Field(ge=128, le=2048)
     height: int = Field(ge=128, le=2048)
@@ -59,17 +86,73 @@ class Txt2ImgSettings(BaseModel):
     sampler_name: str = Field(min_length=1)
     seed: int = Field(default=-1, ge=-1, le=2**32 - 1)
 
-    @field_validator("prompt")
+
+class ReferenceTxt2ImgSettings(Txt2ImgSettings):
+    """The reference's rules on top: prompts of at most 1024 characters, and checkpoints only."""
+
+    prompt: NonBlankText = Field(max_length=TXT2IMG_MAX_PROMPT)
+    negative_prompt: str = Field(default="", max_length=TXT2IMG_MAX_PROMPT)
+
+    @field_validator("model_name")
     @classmethod
-    def not_blank(cls, prompt: str) -> str:
-        if not prompt.strip():
-            raise ValueError("must not be blank")
-        return prompt
+    def checkpoint(cls, model_name: str) -> str:
+        if not model_name.endswith(CHECKPOINT_SUFFIXES):
+            raise ValueError(
+                f"{model_name!r} is not a Stable Diffusion checkpoint (a file name ending in .safetensors"
+                " or .ckpt); Seedream 3.0 is POST /v3/seedream-3-0-txt2img"
+            )
+        return model_name
 
 
 class Txt2ImgBody(BaseModel):
     extra: Extra = Field(default_factory=Extra)
     request: Txt2ImgSettings
+
+
+class ReferenceTxt2ImgBody(Txt2ImgBody):
+    request: ReferenceTxt2ImgSettings
+
+
+class SeedreamRequest(BaseModel):
+    """The reference's body for POST /v3/seedream-3-0-txt2img; fields it does not list are ignored."""
+
+    model_config = ConfigDict(strict=True)
+
+    prompt: NonBlankText = Field(max_length=SEEDREAM_MAX_PROMPT)
+    model: Literal["seedream-3-0-t2i-250415"] | None = None
+    response_format: Literal["url", "b64_json"] = "url"
+    size: str = "1024x1024"
+    seed: int = Field(default=-1, ge=-1, le=2147483647)
+    guidance_scale: float = Field(default=2.5, ge=1, le=10)
+    watermark: bool = True
+
+    @field_validator("size")
+    @classmethod
+    def drawable(cls, size: str) -> str:
+        width, height = parse_size(size)
+        if not all(SEEDREAM_MIN_SIDE <= side <= SEEDREAM_MAX_SIDE for side in (width, height)):
+            raise ValueError(f"each side must be between {SEEDREAM_MIN_SIDE} and {SEEDREAM_MAX_SIDE} pixels")
+        if width * height < SEEDREAM_MIN_AREA:
+            raise ValueError(f"width x height must be at least {SEEDREAM_MIN_AREA} pixels (512x512)")
+        if not within_aspect_ratio(width, height):
+            raise ValueError("the aspect ratio must be between 1:2.5 and 2.5:1")
+        return size
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return parse_size(self.size)
+
+
+class KlingJsonBody(BaseModel):
+    """The reference's body for Kling V2.1 I2V Master; fields it does not list (`extra` too) are ignored."""
+
+    model_config = ConfigDict(strict=True)
+
+    image: str = Field(min_length=1)
+    prompt: NonBlankText = Field(max_length=KLING_MAX_PROMPT)
+    negative_prompt: str = Field(default="", max_length=KLING_MAX_PROMPT)
+    duration: KlingDuration = KLING_DEFAULT_DURATION
+    guidance_scale: float = Field(default=0.5, ge=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -78,21 +161,59 @@ class KlingRequest:
     prompt: str
     negative_prompt: str
     duration: int
+    # the guide's cfg_scale, the reference's guidance_scale: 0 to 1 either way
     cfg_scale: float
     webhook: Webhook | None
 
 
-def parse_txt2img(body: bytes) -> Txt2ImgBody:
+def parse_txt2img(body: bytes, personality: Personality) -> Txt2ImgBody:
     data = parse_json_object(body)
     if "request" not in data and "prompt" in data:
         raise InvalidRequest("request: field required; txt2img settings must be nested under `request`")
+    model = ReferenceTxt2ImgBody if personality == "reference" else Txt2ImgBody
     try:
-        return Txt2ImgBody.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
         raise InvalidRequest(describe(error)) from None
 
 
-def parse_kling(content_type: str, body: bytes) -> KlingRequest:
+def parse_seedream(body: bytes) -> SeedreamRequest:
+    try:
+        return SeedreamRequest.model_validate(parse_json_object(body))
+    except ValidationError as error:
+        raise InvalidRequest(describe(error)) from None
+
+
+def parse_kling(
+    content_type: str, body: bytes, personality: Personality, fetch_still: FetchStill
+) -> KlingRequest:
+    if personality == "reference":
+        return parse_kling_json(content_type, body, fetch_still)
+    return parse_kling_form(content_type, body)
+
+
+def parse_kling_json(content_type: str, body: bytes, fetch_still: FetchStill) -> KlingRequest:
+    if content_type.partition(";")[0].strip().lower() != "application/json":
+        raise InvalidRequest("Content-Type must be application/json")
+    try:
+        fields = KlingJsonBody.model_validate(parse_json_object(body))
+    except ValidationError as error:
+        raise InvalidRequest(describe(error)) from None
+    still = fetch_still(fields.image)
+    width, height = check_still(still)
+    if not within_aspect_ratio(width, height):
+        raise InvalidRequest(f"image: aspect ratio {width}x{height} is outside 1:2.5 to 2.5:1")
+    return KlingRequest(
+        image=still,
+        prompt=fields.prompt,
+        negative_prompt=fields.negative_prompt,
+        duration=int(fields.duration),
+        cfg_scale=fields.guidance_scale,
+        webhook=None,  # the reference documents no webhook for Kling: only task-result knows the video
+    )
+
+
+def parse_kling_form(content_type: str, body: bytes) -> KlingRequest:
     if not is_form_data(content_type):
         raise InvalidRequest(
             "Content-Type must be multipart/form-data with the still as the file field `image`"
@@ -112,8 +233,8 @@ def parse_kling(content_type: str, body: bytes) -> KlingRequest:
     for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         if len(value) > KLING_MAX_PROMPT:
             raise InvalidRequest(f"{name}: at most {KLING_MAX_PROMPT} characters")
-    duration = text_field(fields, "duration") or KLING_DURATIONS[0]
-    if duration not in KLING_DURATIONS:
+    duration = text_field(fields, "duration") or KLING_DEFAULT_DURATION
+    if duration not in get_args(KlingDuration):
         raise InvalidRequest("duration: must be 5 or 10")
     return KlingRequest(
         image=image.data,
@@ -125,7 +246,8 @@ def parse_kling(content_type: str, body: bytes) -> KlingRequest:
     )
 
 
-def check_still(data: bytes) -> None:
+def check_still(data: bytes) -> tuple[int, int]:
+    """The still's width and height, once it is a jpg or png of at most 10MB and at least 300x300."""
     if len(data) > KLING_MAX_IMAGE_BYTES:
         raise InvalidRequest("image: file size must not exceed 10MB")
     try:
@@ -138,6 +260,18 @@ def check_still(data: bytes) -> None:
         raise InvalidRequest(f"image: format {image_format} is not supported, use jpg, jpeg or png")
     if width < KLING_MIN_SIDE or height < KLING_MIN_SIDE:
         raise InvalidRequest(f"image: resolution {width}x{height} is below {KLING_MIN_SIDE}x{KLING_MIN_SIDE}")
+    return width, height
+
+
+def within_aspect_ratio(width: int, height: int) -> bool:
+    return max(width, height) <= MAX_ASPECT_RATIO * min(width, height)
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    match = SEEDREAM_SIZE.fullmatch(size)
+    if match is None:
+        raise ValueError("must be WIDTHxHEIGHT in pixels, such as 1024x1024")
+    return int(match[1]), int(match[2])
 
 
 def parse_cfg_scale(raw: str) -> float:

@@ -23,6 +23,37 @@ FIREBASE_CERTS_URL = (
 
 DAY = 86400.0
 _COLLECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+
+
+# Every variable the functions read; the local stack passes each one set in its own environment on.
+VARIABLES = (
+    "NOVITA_API_KEY",
+    "NOVITA_BASE_URL",
+    "WEBHOOK_URL",
+    "WEBHOOK_SECRET",
+    "GOOGLE_CLOUD_PROJECT",
+    "SKETCHES_COLLECTION",
+    "FIRESTORE_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
+    "STORAGE_EMULATOR_HOST",
+    "MEDIA_BUCKET",
+    "GCE_METADATA_HOST",
+    "MEDIA_URL_POLICY",
+    "NOVITA_T2I_MODEL",
+    "NOVITA_WEBHOOK_TEST_MODE",
+    "STEP_LEASE_SECONDS",
+    "RECOVERY_INTERVAL_SECONDS",
+    "UNKNOWN_OUTCOME_GRACE_SECONDS",
+    "MAX_SKETCH_AGE_SECONDS",
+    "AUTH_MODE",
+    "FIREBASE_PROJECT_ID",
+    "FIREBASE_CERTS_URL",
+    "CORS_ALLOWED_ORIGINS",
+    "MAX_SKETCHES_IN_PROGRESS",
+    "MAX_SKETCHES_PER_DAY",
+    "BALANCE_BREAKER_SECONDS",
+)
 
 
 class ConfigError(Exception):
@@ -38,15 +69,21 @@ class Settings(BaseModel):
     webhook_secret: SecretStr
     project: str
     sketches_collection: str
-    # host:port of the Firestore emulator, when the functions run against it instead of Firestore.
+    # host:port of the Firestore and Pub/Sub emulators, and the Storage emulator's URL, when the
+    # functions run against them instead of Google Cloud (the standard variables).
     firestore_emulator_host: str | None
+    pubsub_emulator_host: str | None
+    storage_emulator_host: str | None
+    # The Cloud Storage bucket the durable copies of stills and videos go to; None: no copies.
+    media_bucket: str | None
     # Where the instance's access token comes from (Google's metadata server outside the emulator).
     metadata_host: str
     media_url_policy: MediaPolicy
     t2i_model: str
     webhook_test_mode: TestModeStatus | None
-    # Seconds a delivery may hold the image-to-video chain before another may take it up.
-    chain_lease_seconds: float
+    # Seconds a step may hold a sketch's slow work (Seedream, the chain, the copy) before another
+    # may take it up.
+    step_lease_seconds: float
     # Seconds between two task-result checks of one pending sketch (GET and the sweep).
     recovery_interval_seconds: float
     # Seconds to wait for the webhook of a submission whose outcome is unknown before failing it.
@@ -58,6 +95,9 @@ class Settings(BaseModel):
     firebase_certs_url: str
     cors_allowed_origins: tuple[str, ...]
     max_sketches_in_progress: int
+    max_sketches_per_day: int
+    # Seconds every instance refuses new sketches after Novita said the balance is not enough.
+    balance_breaker_seconds: float
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -101,6 +141,18 @@ def _whole(env: Mapping[str, str], name: str, default: int, minimum: int, maximu
     return int(value)
 
 
+def _optional_url(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return _url(name, value).rstrip("/") if value else None
+
+
+def _bucket(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    if value and not _BUCKET.fullmatch(value):
+        raise ConfigError(f"{name} must be a Cloud Storage bucket name, got {value!r}")
+    return value or None
+
+
 def _collection(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
     if not _COLLECTION_ID.fullmatch(value) or value.startswith("__"):
@@ -131,13 +183,16 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         project=project,
         sketches_collection=_collection(env, "SKETCHES_COLLECTION", "sketches"),
         firestore_emulator_host=env.get("FIRESTORE_EMULATOR_HOST", "").strip() or None,
+        pubsub_emulator_host=env.get("PUBSUB_EMULATOR_HOST", "").strip() or None,
+        storage_emulator_host=_optional_url(env, "STORAGE_EMULATOR_HOST"),
+        media_bucket=_bucket(env, "MEDIA_BUCKET"),
         metadata_host=env.get("GCE_METADATA_HOST", "").strip() or "metadata.google.internal",
         media_url_policy=_choice(env, "MEDIA_URL_POLICY", "public-https", ("public-https", "any")),
         t2i_model=env.get("NOVITA_T2I_MODEL", "").strip() or "seedream_3_0",
         webhook_test_mode=_choice(
             env, "NOVITA_WEBHOOK_TEST_MODE", None, ("TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED")
         ),
-        chain_lease_seconds=_number(env, "CHAIN_LEASE_SECONDS", 180.0, 1.0, DAY),
+        step_lease_seconds=_number(env, "STEP_LEASE_SECONDS", 240.0, 1.0, DAY),
         recovery_interval_seconds=_number(env, "RECOVERY_INTERVAL_SECONDS", 60.0, 0.0, DAY),
         unknown_outcome_grace_seconds=_number(env, "UNKNOWN_OUTCOME_GRACE_SECONDS", 900.0, 0.0, 7 * DAY),
         max_sketch_age_seconds=_number(env, "MAX_SKETCH_AGE_SECONDS", 7200.0, 1.0, 30 * DAY),
@@ -148,6 +203,8 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         ),
         cors_allowed_origins=origins,
         max_sketches_in_progress=_whole(env, "MAX_SKETCHES_IN_PROGRESS", 3, 1, 100),
+        max_sketches_per_day=_whole(env, "MAX_SKETCHES_PER_DAY", 20, 1, 10_000),
+        balance_breaker_seconds=_number(env, "BALANCE_BREAKER_SECONDS", 300.0, 1.0, DAY),
     )
 
 

@@ -12,12 +12,15 @@ import io
 import ipaddress
 import re
 import socket
-import time
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
+
+from shared.deadline import Deadline
 
 MediaPolicy = Literal["public-https", "any"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -25,6 +28,15 @@ Resolver = Callable[[str, int], list[str]]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MIN_SIDE = 300
+# Kling animates stills of at most 2.5:1 either way (Novita's reference).
+MAX_ASPECT = 2.5
+# Kling renders at most 1080p (about 2 megapixels) and the project asks Seedream for at most
+# 2048 x 2048: a still with more pixels than 4096 x 4096 has nothing more to give Kling, and decoding
+# it would only cost memory (a 17 KB PNG can claim 12000 x 12000).
+MAX_PIXELS = 4096 * 4096
+# Each phase of a media download waits at most this long (and never past the step's deadline).
+CONNECT_SECONDS = 5.0
+READ_SECONDS = 10.0
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -75,8 +87,8 @@ class Still:
         return f"image/{self.format}"
 
     @property
-    def filename(self) -> str:
-        return "still.jpg" if self.format == "jpeg" else "still.png"
+    def extension(self) -> str:
+        return "jpg" if self.format == "jpeg" else "png"
 
 
 def default_resolver(host: str, port: int) -> list[str]:
@@ -85,25 +97,13 @@ def default_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def media_client(
-    *,
-    connect: float = 5.0,
-    read: float = 20.0,
-    write: float = 10.0,
-    pool: float = 5.0,
-    transport: httpx.BaseTransport | None = None,
-) -> httpx.Client:
-    """An httpx client suitable for `fetch_media`.
+def media_client(*, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """An httpx client suitable for `stream_media`; each request brings its own timeouts.
 
     trust_env=False: a proxy from the environment would do its own DNS lookup and
     defeat address pinning.
     """
-    return httpx.Client(
-        timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
-        follow_redirects=False,
-        trust_env=False,
-        transport=transport,
-    )
+    return httpx.Client(follow_redirects=False, trust_env=False, transport=transport)
 
 
 def _parse_ipv4_number(part: str) -> int | None:
@@ -206,6 +206,9 @@ def check_media_url(url: str, policy: MediaPolicy, resolve: Resolver) -> list[IP
     port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
     if not 0 < port < 65536:
         raise MediaRejected("invalid_url", f"media URL port {port} is out of range")
+    if policy == "public-https" and port != 443:
+        # Public media is served on https's own port; any other reaches services that are not.
+        raise MediaRejected("port_not_allowed", f"media URL must use port 443, not {port}")
 
     host = parsed.raw_host.decode("ascii")
     literal = _literal_address(host)
@@ -253,87 +256,201 @@ def fetch_media(
     *,
     policy: MediaPolicy,
     client: httpx.Client,
+    deadline: Deadline,
     max_bytes: int = DEFAULT_MAX_BYTES,
     resolve: Resolver = default_resolver,
     max_redirects: int = 3,
-    deadline_s: float = 60.0,
 ) -> bytes:
-    """Download `url` under `policy`, following at most `max_redirects` checked redirects.
+    """The whole body of `url` (see `stream_media`), in one buffer."""
+    # BytesIO hands its buffer over in getvalue() without a second copy of a 10 MB still.
+    body = io.BytesIO()
+    with stream_media(
+        url,
+        policy=policy,
+        client=client,
+        deadline=deadline,
+        max_bytes=max_bytes,
+        resolve=resolve,
+        max_redirects=max_redirects,
+    ) as chunks:
+        for chunk in chunks:
+            body.write(chunk)
+    return body.getvalue()
 
-    Each hop connects to the first address `check_media_url` approved for it.
-    Timeouts per operation come from `client`; `deadline_s` bounds the whole
-    download so a host dripping bytes slowly cannot hold the function open.
+
+@contextmanager
+def stream_media(
+    url: str,
+    *,
+    policy: MediaPolicy,
+    client: httpx.Client,
+    deadline: Deadline,
+    max_bytes: int,
+    resolve: Resolver = default_resolver,
+    max_redirects: int = 3,
+) -> Iterator[Iterator[bytes]]:
+    """The body of `url` under `policy`, chunk by chunk, following at most `max_redirects` checked
+    redirects.
+
+    Each hop tries the addresses `check_media_url` approved for it in turn, each connection pinned
+    to its address. Everything (connecting, TLS, headers, the body, the next address) happens
+    within `deadline`: every phase waits at most what is left of it, and the body stops as soon as
+    it runs out, so a host that drips bytes cannot hold the step. The body is refused once it
+    passes `max_bytes`, whatever `Content-Length` said.
     """
-    deadline = time.monotonic() + deadline_s
-    current = url
-    for _ in range(max_redirects + 1):
-        addresses = check_media_url(current, policy, resolve)
-        location = _fetch_once(current, addresses[0], client, max_bytes, deadline)
-        if isinstance(location, bytes):
-            return location
-        try:
-            current = str(httpx.URL(current).join(location))
-        except httpx.InvalidURL as exc:
-            raise MediaRejected("bad_redirect", f"media redirect target is not valid: {exc}") from exc
-    raise MediaRejected("too_many_redirects", f"media URL redirected more than {max_redirects} times")
+    watchdog = _Watchdog(deadline)
+    try:
+        current = url
+        for _ in range(max_redirects + 1):
+            addresses = check_media_url(current, policy, resolve)
+            with _open_pinned(current, addresses, client, deadline, watchdog) as response:
+                if response.status_code in _REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise MediaRejected(
+                            "bad_redirect", f"media host answered {response.status_code} without a Location"
+                        )
+                else:
+                    yield _body(response, max_bytes, deadline)
+                    return
+            try:
+                current = str(httpx.URL(current).join(location))
+            except httpx.InvalidURL as exc:
+                raise MediaRejected("bad_redirect", f"media redirect target is not valid: {exc}") from exc
+        raise MediaRejected("too_many_redirects", f"media URL redirected more than {max_redirects} times")
+    finally:
+        watchdog.close()
 
 
-def _fetch_once(
-    url: str, address: IPAddress, client: httpx.Client, max_bytes: int, deadline: float
-) -> bytes | str:
-    """GET `url` over a connection to `address`; the body, or the redirect target."""
+class _Watchdog:
+    """Shuts the download's connection down when its deadline passes.
+
+    Every read waits at most its own timeout, but that is no bound on the whole: a host that drips
+    its headers (or its TLS handshake) a byte at a time satisfies every read for hours, and a read
+    that began while much of the deadline was left waits for all of it. Shutting the socket down
+    ends whatever read is blocked on it, at the deadline.
+    """
+
+    def __init__(self, deadline: Deadline) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._fired = False
+        self._timer = threading.Timer(deadline.remaining(), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's `trace` request extension: learns each connection's socket once it connects."""
+        if event != "connection.connect_tcp.complete":
+            return
+        # A duplicate of our own: the connection's descriptor may be closed and its number reused by
+        # another thread's connection before the timer fires, this one stays ours until close().
+        # Shutting it down shuts the connection down, TLS and all.
+        connected = info["return_value"].get_extra_info("socket")
+        if connected is None:  # a network backend without sockets has nothing to shut down
+            return
+        watched = connected.dup()
+        with self._lock:
+            previous, self._socket = self._socket, watched
+            if self._fired:
+                _shut_down(watched)
+        if previous is not None:
+            previous.close()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._fired = True
+            if self._socket is not None:
+                _shut_down(self._socket)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            watched, self._socket = self._socket, None
+        if watched is not None:
+            watched.close()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    with suppress(OSError):  # the peer may have closed it already
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _transport_failure(what: str, exc: httpx.TransportError, deadline: Deadline) -> MediaUnavailable:
+    # At the deadline the watchdog's shutdown surfaces as a connection closed early.
+    if isinstance(exc, httpx.TimeoutException) or deadline.remaining() <= 0:
+        return MediaUnavailable("timeout", f"{what} timed out: {exc!r}")
+    return MediaUnavailable("network_error", f"{what} failed: {exc!r}")
+
+
+@contextmanager
+def _open_pinned(
+    url: str, addresses: list[IPAddress], client: httpx.Client, deadline: Deadline, watchdog: _Watchdog
+) -> Iterator[httpx.Response]:
+    """GET `url` over a connection to the first of `addresses` that answers."""
     original = httpx.URL(url)
     host = original.raw_host.decode("ascii")
-    pinned = original.copy_with(host=str(address))
     headers = {
         "Host": original.netloc.decode("ascii"),
-        # Raw bytes are capped below; a compressed body would be capped only after inflating.
+        # Raw bytes are capped; a compressed body would be capped only after inflating.
         "Accept-Encoding": "identity",
         # The pool keys connections by IP, not name: never let a later request for
         # another name reuse a connection whose certificate was verified for this one.
         "Connection": "close",
     }
-    try:
-        with client.stream(
+    failure: MediaUnavailable | None = None
+    for address in addresses:
+        if deadline.remaining() <= 0:
+            break
+        pinned = original.copy_with(host=str(address))
+        request = client.build_request(
             "GET",
             pinned,
             headers=headers,
-            extensions={"sni_hostname": host},
-            follow_redirects=False,
-        ) as response:
-            if response.status_code in _REDIRECT_STATUSES:
-                location: str | None = response.headers.get("Location")
-                if not location:
-                    raise MediaRejected(
-                        "bad_redirect",
-                        f"media host answered {response.status_code} without a Location",
-                    )
-                return location
-            if not 200 <= response.status_code < 300:
+            extensions={"sni_hostname": host, "trace": watchdog.trace},
+            timeout=deadline.timeout(connect=CONNECT_SECONDS, read=READ_SECONDS),
+        )
+        try:
+            response = client.send(request, stream=True, follow_redirects=False)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # This address does not answer; another of the host's may.
+            failure = _transport_failure(f"media host {host} at {address}", exc, deadline)
+            continue
+        except httpx.TransportError as exc:
+            raise _transport_failure("media download", exc, deadline) from exc
+        try:
+            if response.status_code not in _REDIRECT_STATUSES and not 200 <= response.status_code < 300:
                 raise _status_error(response.status_code)
-            encoding = response.headers.get("Content-Encoding", "").strip().lower()
-            if encoding not in ("", "identity"):
-                raise MediaRejected(
-                    "content_encoding",
-                    f"media body uses unsupported encoding {encoding}",
-                )
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
+            yield response
+            return
+        finally:
+            response.close()
+    raise failure or MediaUnavailable("timeout", "media download ran out of time before it connected")
+
+
+def _body(response: httpx.Response, max_bytes: int, deadline: Deadline) -> Iterator[bytes]:
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise MediaRejected("content_encoding", f"media body uses unsupported encoding {encoding}")
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    received = 0
+    try:
+        # Encoded bodies were refused above, so these are the raw bytes as they arrive. Not iter_raw:
+        # it refuses a body the transport has already read (httpx.MockTransport's, for one).
+        for chunk in response.iter_bytes():
+            received += len(chunk)
+            if received > max_bytes:
                 raise _too_large(max_bytes)
-            # BytesIO hands its buffer over in getvalue() without a second copy of a 10 MB still.
-            body = io.BytesIO()
-            # Encoded bodies were refused above, so these are the raw bytes as they arrive.
-            for chunk in response.iter_bytes():
-                body.write(chunk)
-                if body.tell() > max_bytes:
-                    raise _too_large(max_bytes)
-                if time.monotonic() > deadline:
-                    raise MediaUnavailable("timeout", "media download took too long")
-            return body.getvalue()
-    except httpx.TimeoutException as exc:
-        raise MediaUnavailable("timeout", f"media download timed out: {exc!r}") from exc
+            if deadline.remaining() <= 0:
+                raise MediaUnavailable("timeout", "media download took too long")
+            yield chunk
     except httpx.TransportError as exc:
-        raise MediaUnavailable("network_error", f"media download failed: {exc!r}") from exc
+        raise _transport_failure("media download", exc, deadline) from exc
+    if deadline.remaining() <= 0:
+        # A body that runs until the connection closes also "ends" when the watchdog shuts it.
+        raise MediaUnavailable("timeout", "media download took too long")
 
 
 def _too_large(max_bytes: int) -> MediaRejected:
@@ -351,7 +468,12 @@ def _format_size(n: int) -> str:
 def inspect_still(
     data: bytes, *, min_side: int = DEFAULT_MIN_SIDE, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Still:
-    """Validate `data` as a JPEG or PNG still from its bytes alone (never URL or headers)."""
+    """Validate `data` as a still Kling can animate, from its bytes alone (never URL or headers).
+
+    Only what must be decoded is: the header gives the format and size, so a still with too many
+    pixels is refused before any pixel is decoded; a JPEG is then decoded at an eighth of its size
+    (enough to find a truncated scan), and a PNG's chunks and checksums are read to its end.
+    """
     if len(data) > max_bytes:
         raise _too_large(max_bytes)
     if data.startswith(_JPEG_MAGIC):
@@ -369,12 +491,25 @@ def inspect_still(
             # Pillow reports multi-picture JPEGs from cameras as MPO; still a JPEG.
             actual = "jpeg" if img.format in ("JPEG", "MPO") else "png"
             width, height = img.size
-            # Reads chunk structure and checksums (PNG) without decoding pixels.
-            img.verify()
+            if width * height > MAX_PIXELS:
+                raise MediaRejected(
+                    "too_many_pixels",
+                    f"image is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels (4096x4096) are "
+                    "accepted, more than Kling's 1080p video can use",
+                )
+            if actual == "jpeg":
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                img.load()
+            else:
+                img.verify()
     except Image.DecompressionBombError as exc:
-        raise MediaRejected("too_large", f"image has too many pixels: {exc}") from exc
+        raise MediaRejected("too_many_pixels", f"image has too many pixels: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise MediaRejected("not_an_image", "image is not a JPEG or PNG") from exc
+        truncated = "truncated" in str(exc).lower()
+        raise MediaRejected(
+            "truncated" if truncated else "not_an_image",
+            "image is truncated (its data ends early)" if truncated else "image is not a JPEG or PNG",
+        ) from exc
     if actual != expected:
         raise MediaRejected("not_an_image", "image is not a JPEG or PNG")
 
@@ -382,5 +517,12 @@ def inspect_still(
         raise MediaRejected(
             "too_small",
             f"image is {width}x{height} pixels; at least {min_side}x{min_side} is required",
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT:
+        raise MediaRejected(
+            "aspect_ratio",
+            f"image is {width}x{height} pixels, an aspect ratio of {ratio:.2f}:1; Kling takes at most "
+            f"{MAX_ASPECT}:1 either way",
         )
     return Still(data=data, format=expected, width=width, height=height)

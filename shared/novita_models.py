@@ -1,45 +1,78 @@
-"""Novita's task result, as the webhook delivers it and as task-result answers it.
+"""What Novita sends back: task results (from task-result, or in a webhook), and Seedream 3.0's
+synchronous answer.
 
 Novita's reference puts `images` / `videos` at the top of the payload; the integration guide puts
-them under `payload.extra`. Both are read. TTLs arrive as numbers or numeric strings; statuses
-beyond the documented ones are kept as they are and treated as "not finished".
+them under `payload.extra`. Both are read. TTLs, `eta` and `progress_percent` arrive as numbers or
+numeric strings; statuses beyond the documented ones are kept as they are and treated as "not
+finished". Every value that may be stored or logged has a bound: a result that breaks one is
+refused as a whole (it is not cut short, as a cut URL plays nothing).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from shared.text import Utf8Str
+from shared.text import utf8
 
 SUCCEED = "TASK_STATUS_SUCCEED"
 FAILED = "TASK_STATUS_FAILED"
 ASYNC_TASK_RESULT = "ASYNC_TASK_RESULT"
 
-
 # Longer than any presigned link lives; a larger TTL is not a TTL.
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+MAX_URL = 8192  # presigned S3 links run to about 1,500 characters
+MAX_TASK_ID = 128
+MAX_REASON = 1000
+MAX_TASK_TYPE = 64
 
 
-def _ttl(value: Any) -> int | None:
-    """Seconds from a number or a numeric string; None for anything else, so an odd TTL never
+def _number(value: Any, maximum: float) -> float | None:
+    """A number from a number or a numeric string; None for anything else, so an odd value never
     costs the result it came with."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
         try:
-            value = float(value.strip())
+            value = float(value.strip()[:32])
         except ValueError:
             return None
-    if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= MAX_TTL_SECONDS:
+    if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= maximum:
         return None
-    return int(value)
+    return float(value)
+
+
+def _ttl(value: Any) -> int | None:
+    number = _number(value, MAX_TTL_SECONDS)
+    return None if number is None else int(number)
+
+
+def _cut(limit: int) -> Callable[[Any], str | None]:
+    """Text only ever shown to people: a long one is cut, not refused; one that is no text is
+    dropped. A lone surrogate is refused, as for all text here: nothing could store it."""
+
+    def cut(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return None
+        value = value[:limit]
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (it has a lone surrogate)") from None
+        return value
+
+    return cut
 
 
 Ttl = Annotated[int | None, BeforeValidator(_ttl)]
+Number = Annotated[float | None, BeforeValidator(lambda v: _number(v, 1e9))]
+Url = Annotated[str, Field(min_length=1, max_length=MAX_URL), utf8]
+TaskId = Annotated[str, Field(min_length=1, max_length=MAX_TASK_ID, pattern=r"^[\x21-\x7e]+$")]
+ShortText = Annotated[str, Field(min_length=1, max_length=64), utf8]
 
 
 class _Lenient(BaseModel):
@@ -47,21 +80,23 @@ class _Lenient(BaseModel):
 
 
 class Task(_Lenient):
-    task_id: Annotated[Utf8Str, Field(min_length=1, max_length=256)]
-    status: Annotated[Utf8Str, Field(min_length=1)]
-    reason: Utf8Str | None = None
-    task_type: Utf8Str | None = None
+    task_id: TaskId
+    status: ShortText
+    reason: Annotated[str | None, BeforeValidator(_cut(MAX_REASON))] = None
+    task_type: Annotated[str | None, BeforeValidator(_cut(MAX_TASK_TYPE))] = None
+    eta: Number = None  # seconds
+    progress_percent: Number = None
 
 
 class Image(_Lenient):
-    image_url: Annotated[Utf8Str, Field(min_length=1)]
-    image_type: Utf8Str | None = None
+    image_url: Url
+    image_type: ShortText | None = None
     image_url_ttl: Ttl = None
 
 
 class Video(_Lenient):
-    video_url: Annotated[Utf8Str, Field(min_length=1)]
-    video_type: Utf8Str | None = None
+    video_url: Url
+    video_type: ShortText | None = None
     video_url_ttl: Ttl = None
 
 
@@ -69,8 +104,8 @@ class TaskResult(_Lenient):
     """A task and its outputs, whichever layout carried them."""
 
     task: Task
-    images: list[Image] = []
-    videos: list[Video] = []
+    images: list[Image] = Field(default=[], max_length=16)
+    videos: list[Video] = Field(default=[], max_length=16)
 
     @model_validator(mode="before")
     @classmethod
@@ -99,12 +134,21 @@ class TaskResult(_Lenient):
 
 
 class WebhookEvent(_Lenient):
-    event_type: Utf8Str
+    event_type: Annotated[str, Field(max_length=256), utf8]
     payload: Any = None
 
-    def task_result(self) -> TaskResult:
-        """The result carried by an `ASYNC_TASK_RESULT` event; raises ValidationError if malformed."""
-        return TaskResult.model_validate(self.payload)
+
+class WebhookTask(_Lenient):
+    """What a webhook delivery says about its task: only a hint of which task to look at."""
+
+    task_id: TaskId
+    status: ShortText
+
+
+class SeedreamImages(_Lenient):
+    """Seedream 3.0's synchronous answer (`response_format: url`)."""
+
+    image_urls: list[Url] = Field(default=[], max_length=16)
 
 
 def expires_at(received: datetime, ttl_seconds: int | None) -> datetime | None:

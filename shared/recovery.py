@@ -1,10 +1,16 @@
-"""Recovery: finish sketches whose webhooks never came, by asking Novita's task-result.
+"""Recovery: finish sketches whose webhooks never came, from Novita's task-result.
 
-A `GET ?id=` refreshes one sketch; the sweep refreshes every sketch whose check is due. It runs as
-a command (`python -m shared.recovery`) and behind `novita_webhook?action=sweep`, which Cloud
-Scheduler calls with `Authorization: Bearer <sweep token>` (`python3 -m shared.webhook_tokens
-sweep-token` prints it, from WEBHOOK_SECRET). Whatever it learns goes through the same
-`Pipeline.apply` as a webhook.
+Novita gives up on a webhook after five attempts, and its reference documents no webhook for Kling
+at all, so recovery may be what finishes every video. Every unfinished sketch carries
+`recovery_due_at`, when it should next be looked at:
+
+- a `GET ?id=` of a sketch that is due hands a `check` step on to the queue (`refresh`). However
+  many clients poll at once, the turn is claimed with a conditional write, so Novita is asked at
+  most once per `RECOVERY_INTERVAL_SECONDS` per sketch;
+- the sweep looks at every due sketch, in pages and in parallel, within a time budget, and can be
+  called again to go on (`sweep`). It asks task-result itself and hands any slow work on as steps.
+  Cloud Scheduler calls it (`novita_webhook?action=sweep`, with the sweep token); it also runs as
+  `python -m shared.recovery`.
 """
 
 from __future__ import annotations
@@ -13,21 +19,27 @@ import argparse
 import json
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from shared import logs
-from shared.config import Settings
-from shared.novita_client import NovitaClient, NovitaError
-from shared.pipeline import MalformedResult, Pipeline, RetryLater, fail_changes
-from shared.sketch import Sketch, Status, utcnow
-from shared.sketch_store import Changes, SketchStore, StoreUnavailable
-from shared.webhook_tokens import Stage
+from shared.deadline import Deadline
+from shared.results import Outcome, Results
+from shared.sketch import Sketch, StepKind, utcnow
+from shared.sketch_store import Changes, SketchStore
+from shared.steps import QueueUnavailable, Step, StepQueue
+from shared.worker import TRANSIENT, Worker
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 50
-DEFAULT_SECONDS = 40.0
+SWEEP_SECONDS = 100.0
+PAGE_SIZE = 100
+# Sketches looked at at once: each mostly waits on task-result.
+PARALLEL = 16
+# A page is not started with less time than this left: its sketches would be claimed and then
+# left for the next sweep.
+PAGE_MARGIN_SECONDS = 10.0
 
 
 @dataclass
@@ -35,139 +47,98 @@ class SweepReport:
     examined: int = 0
     changed: int = 0
     errors: list[str] = field(default_factory=list)
+    # True when the time budget ran out before every due sketch was looked at: call again.
+    more: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "examined": self.examined,
+            "changed": self.changed,
+            "errors": self.errors[:20],
+            "more": self.more,
+        }
 
 
 class Recovery:
-    def __init__(
-        self, settings: Settings, store: SketchStore, novita: NovitaClient, pipeline: Pipeline
-    ) -> None:
-        self._settings = settings
+    def __init__(self, store: SketchStore, results: Results, worker: Worker, queue: StepQueue) -> None:
         self._store = store
-        self._novita = novita
-        self._pipeline = pipeline
+        self._results = results
+        self._worker = worker
+        self._queue = queue
 
-    def refresh(self, sketch: Sketch) -> Sketch:
-        """If `sketch` waits on Novita and its check is due, ask task-result once and apply it.
-
-        However many callers refresh one sketch at once, only the one that moves its
-        `recovery_due_at` forward asks Novita.
-        """
-        logs.bind_sketch(sketch.id)
-        now = utcnow()
+    def _take_turn(self, sketch: Sketch, now: datetime) -> Sketch | None:
+        """The sketch with its next look moved on, if it was due and this caller moved it first."""
         due = sketch.recovery_due_at
         if sketch.status.is_final or due is None or due > now:
-            return sketch
-        next_due = self._pipeline.recovery_due(now)
+            return None
+        next_due = self._results.recovery_due(now)
 
-        def take_turn(s: Sketch) -> Changes | None:
+        def take(s: Sketch) -> Changes | None:
             return {"recovery_due_at": next_due} if s.recovery_due_at == due else None
 
-        claimed_sketch, won = self._store.mutate(sketch.id, take_turn, known=sketch)
-        if claimed_sketch is None or not won:
-            return claimed_sketch or sketch
+        claimed, won = self._store.mutate(sketch.id, take, known=sketch)
+        return claimed if won else None
+
+    def refresh(self, sketch: Sketch) -> Sketch:
+        """For a GET: if the sketch is due, hand a check on to the queue; the sketch as it is now."""
+        logs.bind_sketch(sketch.id)
+        claimed = self._take_turn(sketch, utcnow())
+        if claimed is None:
+            return sketch
         try:
-            self._recover(claimed_sketch, now)
-        except (NovitaError, RetryLater, MalformedResult) as exc:
-            log.warning("recovery did not finish: %s", exc)
-        return self._store.get(sketch.id) or claimed_sketch
+            self._queue.publish(Step(kind=StepKind.CHECK, sketch_id=sketch.id))
+        except QueueUnavailable as exc:
+            # The sweep looks again once the turn taken here is due.
+            log.warning("recovery check not handed on: %s", exc)
+        return claimed
 
-    def _recover(self, s: Sketch, now: datetime) -> None:
-        max_age = timedelta(seconds=self._settings.max_sketch_age_seconds)
-        if s.created_at + max_age <= now:
-            self._give_up_old(s, max_age)
-            return
-        if s.submission_unknown is not None:
-            if self._unknown_outcome_expired(s, now):
-                self._give_up_unknown(s)
-            return
-        if s.status is Status.IMAGE_COMPLETE:
-            if s.image_task_id is not None and self._pipeline.may_chain(s, s.image_task_id, now):
-                log.warning("taking up an abandoned image-to-video chain")
-                self._apply_recovered(s, s.image_task_id, "image")
-            return
-        task_id = s.current_task_id
-        if task_id is not None:
-            self._apply_recovered(s, task_id, "image" if s.status is Status.IMAGE_PENDING else "video")
-
-    def _give_up_old(self, s: Sketch, max_age: timedelta) -> None:
-        """Fail a sketch that is still not finished long after it was made, whatever holds it up
-        (a still that never downloads, a task-result that keeps failing, a lost result)."""
-        reason = (
-            f"not finished within {max_age.total_seconds():.0f} s of its creation (last status {s.status})"
-        )
-        self._store.mutate(s.id, lambda cur: None if cur.status.is_final else fail_changes(reason))
-        log.warning("gave up on a sketch that did not finish")
-
-    def _give_up_unknown(self, s: Sketch) -> None:
-        """Fail a sketch whose unconfirmed request brought no result within the grace period.
-
-        Sending it again might pay for a second task, so it is not sent again.
-        """
-        stage = s.submission_unknown
-        what = "text-to-image" if stage == "image" else "image-to-video"
-        grace = self._settings.unknown_outcome_grace_seconds
-        reason = (
-            f"Novita did not confirm the {what} request and no result arrived within {grace:.0f} s; "
-            "it was not sent again, so that it is not paid for twice"
-        )
-
-        def fail(cur: Sketch) -> Changes | None:
-            return (
-                fail_changes(reason) if cur.submission_unknown == stage and not cur.status.is_final else None
-            )
-
-        self._store.mutate(s.id, fail)
-        log.warning("gave up on an unconfirmed %s request", what)
-
-    def _apply_recovered(self, s: Sketch, task_id: str, stage: Stage) -> None:
-        result = self._novita.task_result(task_id)
-        try:
-            outcome = self._pipeline.apply(s.id, result, stage)
-        except MalformedResult as exc:
-            reason = str(exc)
-            self._store.mutate(s.id, lambda cur: None if cur.status.is_final else fail_changes(reason))
-            return
-        log.info("recovered through task-result: %s", outcome.value, extra={"task_id": task_id})
-
-    def _unknown_outcome_expired(self, s: Sketch, now: datetime) -> bool:
-        since = s.submission_unknown_since
-        grace = timedelta(seconds=self._settings.unknown_outcome_grace_seconds)
-        return since is None or since + grace <= now
-
-    def sweep(self, *, limit: int, deadline: datetime) -> SweepReport:
-        """Refresh up to `limit` sketches whose check is due, stopping at `deadline`."""
+    def sweep(self, deadline: Deadline) -> SweepReport:
+        """Look at every sketch that is due, until `deadline`."""
         report = SweepReport()
-        for sketch in self._store.due_for_recovery(utcnow(), limit):
-            if utcnow() >= deadline:
-                break
-            report.examined += 1
-            try:
-                after = self.refresh(sketch)
-            except (StoreUnavailable, RetryLater) as exc:
-                report.errors.append(f"{sketch.id}: {exc}")
-                continue
-            if after.status is not sketch.status:
-                report.changed += 1
+        # Sketches looked at now become due again later than this, so no page shows them twice.
+        now = utcnow()
+        after: Sketch | None = None
+        with ThreadPoolExecutor(PARALLEL, thread_name_prefix="sweep") as pool:
+            while True:
+                if deadline.remaining() < PAGE_MARGIN_SECONDS:
+                    report.more = True
+                    break
+                page = self._store.due_for_recovery(now, PAGE_SIZE, after=after)
+                for sketch, (outcome, error) in zip(
+                    page, pool.map(lambda s: self._sweep_one(s, now, deadline), page), strict=True
+                ):
+                    report.examined += 1
+                    report.changed += outcome is Outcome.APPLIED
+                    if error:
+                        report.errors.append(f"{sketch.id}: {error}")
+                if len(page) < PAGE_SIZE:
+                    break
+                after = page[-1]
         return report
 
-
-def sweep(limit: int = DEFAULT_BATCH, seconds: float = DEFAULT_SECONDS) -> SweepReport:
-    # Imported here: the runtime imports this module.
-    from shared.runtime import get_runtime
-
-    return get_runtime().recovery.sweep(limit=limit, deadline=utcnow() + timedelta(seconds=seconds))
+    def _sweep_one(
+        self, sketch: Sketch, now: datetime, deadline: Deadline
+    ) -> tuple[Outcome | None, str | None]:
+        logs.bind_sketch(sketch.id)
+        try:
+            claimed = self._take_turn(sketch, now)
+            if claimed is None:
+                return None, None
+            return self._worker.examine(claimed, deadline), None
+        except TRANSIENT as exc:
+            log.warning("recovery did not finish: %s", exc)
+            return None, str(exc)[:300]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.runtime import load_settings_or_exit
+    from shared.runtime import get_runtime, load_settings_or_exit
 
     parser = argparse.ArgumentParser(prog="python -m shared.recovery", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, default=DEFAULT_BATCH, help="sketches per run at most")
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="time budget of a run")
+    parser.add_argument("--seconds", type=float, default=SWEEP_SECONDS, help="time budget of a run")
     args = parser.parse_args(argv)
     load_settings_or_exit()
-    report = sweep(args.limit, args.seconds)
-    print(json.dumps({"examined": report.examined, "changed": report.changed, "errors": report.errors}))
+    report = get_runtime().recovery.sweep(Deadline.after(args.seconds))
+    print(json.dumps(report.to_json()))
     return 1 if report.errors else 0
 
 

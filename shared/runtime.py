@@ -11,14 +11,19 @@ from functools import cache
 
 import httpx
 
-from shared import firestore_rest, logs
+from shared import firestore_rest, logs, pubsub_rest, storage_rest
 from shared.config import ConfigError, Settings, get_settings
-from shared.http_retry import RetryingTransport
+from shared.creation import Creator
+from shared.google_api import EMULATOR_TOKEN, TIMEOUT, GoogleApi, MetadataToken, TokenSource
+from shared.idempotency import IdempotencyKeys
 from shared.media import media_client
 from shared.novita_client import NovitaClient
-from shared.pipeline import Pipeline
 from shared.recovery import Recovery
+from shared.results import Results
 from shared.sketch_store import SketchStore
+from shared.spending import BalanceBreaker, DailyCap
+from shared.steps import StepQueue
+from shared.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,9 @@ log = logging.getLogger(__name__)
 class Runtime:
     settings: Settings
     store: SketchStore
-    pipeline: Pipeline
+    queue: StepQueue
+    creator: Creator
+    worker: Worker
     recovery: Recovery
 
 
@@ -47,14 +54,34 @@ def load_settings_or_exit() -> Settings:
 POOL = httpx.Limits(max_connections=100, max_keepalive_connections=64)
 
 
-def firestore_client(settings: Settings, tls: ssl.SSLContext) -> firestore_rest.Firestore:
+def google_http(tls: ssl.SSLContext) -> httpx.Client:
+    return httpx.Client(timeout=TIMEOUT, verify=tls, limits=POOL)
+
+
+def google_token(settings: Settings, http: httpx.Client, emulated: bool) -> TokenSource:
+    """The emulators' stand-in token, or the instance's own from the metadata server."""
+    return EMULATOR_TOKEN if emulated else MetadataToken(http, settings.metadata_host)
+
+
+def firestore_client(settings: Settings, http: httpx.Client, token: TokenSource) -> firestore_rest.Firestore:
     """Firestore itself with the instance's service account, or the emulator when one is named."""
-    http = httpx.Client(timeout=firestore_rest.TIMEOUT, verify=tls, limits=POOL)
-    if settings.firestore_emulator_host:
-        base_url = f"http://{settings.firestore_emulator_host}"
-        return firestore_rest.Firestore(http, settings.project, base_url=base_url)
-    token = firestore_rest.MetadataToken(http, settings.metadata_host)
-    return firestore_rest.Firestore(http, settings.project, token=token)
+    host = settings.firestore_emulator_host
+    api = GoogleApi(http, token=EMULATOR_TOKEN if host else token)
+    base_url = f"http://{host}" if host else firestore_rest.PRODUCTION_URL
+    return firestore_rest.Firestore(api, settings.project, base_url=base_url)
+
+
+def pubsub_client(settings: Settings, http: httpx.Client, token: TokenSource) -> pubsub_rest.PubSub:
+    host = settings.pubsub_emulator_host
+    api = GoogleApi(http, token=EMULATOR_TOKEN if host else token)
+    base_url = f"http://{host}" if host else pubsub_rest.PRODUCTION_URL
+    return pubsub_rest.PubSub(api, settings.project, base_url=base_url)
+
+
+def storage_client(settings: Settings, http: httpx.Client, token: TokenSource) -> storage_rest.Storage:
+    emulator = settings.storage_emulator_host
+    api = GoogleApi(http, token=EMULATOR_TOKEN if emulator else token)
+    return storage_rest.Storage(api, http, base_url=emulator or storage_rest.PRODUCTION_URL)
 
 
 _building = threading.Lock()
@@ -65,12 +92,33 @@ def _build_runtime() -> Runtime:
     settings = get_settings()
     # One TLS context for every client: loading the CA bundle is a noticeable part of a cold start.
     tls = httpx.create_ssl_context()
-    store = SketchStore(firestore_client(settings, tls), settings.sketches_collection)
-    media_http = media_client(transport=RetryingTransport(httpx.HTTPTransport(verify=tls)))
+    http = google_http(tls)
+    token = google_token(settings, http, emulated=False)
+    db = firestore_client(settings, http, token)
+    store = SketchStore(db, settings.sketches_collection)
+    secret = settings.webhook_secret.get_secret_value()
+    queue = StepQueue(pubsub_client(settings, http, token), secret)
+    storage = storage_client(settings, http, token) if settings.media_bucket else None
     novita = NovitaClient(settings, transport=httpx.HTTPTransport(verify=tls, limits=POOL))
-    pipeline = Pipeline(settings, store, novita, media_http)
-    recovery = Recovery(settings, store, novita, pipeline)
-    return Runtime(settings=settings, store=store, pipeline=pipeline, recovery=recovery)
+    results = Results(settings, store)
+    breaker = BalanceBreaker(db, settings.sketches_collection, settings.balance_breaker_seconds)
+    # A media host's fault that may pass fails the step, which Pub/Sub delivers again with backoff.
+    media_http = media_client(transport=httpx.HTTPTransport(verify=tls))
+    worker = Worker(settings, store, results, novita, queue, breaker, media_http, storage)
+    creator = Creator(
+        settings,
+        store,
+        results,
+        novita,
+        queue,
+        breaker,
+        DailyCap(db, settings.sketches_collection, settings.max_sketches_per_day),
+        IdempotencyKeys(db, settings.sketches_collection),
+    )
+    recovery = Recovery(store, results, worker, queue)
+    return Runtime(
+        settings=settings, store=store, queue=queue, creator=creator, worker=worker, recovery=recovery
+    )
 
 
 def get_runtime() -> Runtime:

@@ -1,20 +1,31 @@
-"""The sketch: the create request, the stored document, its public JSON and its states."""
+"""The sketch: the create request, the stored document, its public JSON, its states, and what it
+needs next."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, field_validator, model_validator
 
-from shared.text import Utf8Str
+from shared.text import utf8
 
 _SKETCH_ID = re.compile(r"[0-9a-f]{32}")
 DEFAULT_VIDEO_PROMPT = "gentle cinematic camera movement, the scene comes to life"
-DEFAULT_NEGATIVE_PROMPT = ""
+
+# Novita's limits, refused here before anything is paid (`../shared/novita-api-notes.md`):
+# text-to-image prompts stop at 1024 characters, Kling's at 2500; Seedream 3.0 needs an area of at
+# least 512x512 and sides of at most 2048; Kling needs a still of at least 300 px a side and an
+# aspect ratio within 2.5:1.
+MAX_PROMPT = 1024
+MAX_VIDEO_PROMPT = 2500
+MIN_SIDE, MAX_SIDE = 300, 2048
+MIN_AREA = 512 * 512
+MAX_ASPECT = 2.5
 
 
 class Status(StrEnum):
@@ -42,7 +53,7 @@ _ORDER = {
 def can_move(current: Status, new: Status) -> bool:
     """Whether the state machine allows `current -> new`: forward only, finals never move.
 
-    A step may be skipped (`image_complete -> complete` when Kling's webhook arrives before the
+    A step may be skipped (`image_complete -> complete` when Kling's result is adopted before the
     answer to the Kling request is recorded); FAILED is reachable from any status that is not final.
     """
     if current.is_final:
@@ -50,31 +61,84 @@ def can_move(current: Status, new: Status) -> bool:
     return new is Status.FAILED or _ORDER[new] > _ORDER[current]
 
 
+Prompt = Annotated[str, Field(strict=True, max_length=MAX_PROMPT), utf8]
+VideoPrompt = Annotated[str, Field(strict=True, max_length=MAX_VIDEO_PROMPT), utf8]
+
+
+class StepKind(StrEnum):
+    """The work a sketch can wait on; each runs as a Pub/Sub step (`shared/steps.py`)."""
+
+    CHECK = "check"  # ask Novita's task-result about the current task and apply what it says
+    SEEDREAM = "seedream"  # make the still with Seedream 3.0's synchronous endpoint
+    CHAIN = "chain"  # download the still, keep a copy, and start Kling on it
+    COPY = "copy"  # stream the finished video into the bucket
+
+
+def _visible(value: str) -> bool:
+    """Whether `value` has a character a person can see (not only spaces, zero-width or format
+    characters)."""
+    return any(
+        not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Cc", "Zs", "Zl", "Zp") for ch in value
+    )
+
+
+def _no_controls(value: str) -> str:
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\r\t" for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 class CreateSketchRequest(BaseModel):
     """The body of `POST create_sketch`; any field not listed here is refused."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: Annotated[Utf8Str, Field(strict=True, min_length=1, max_length=2000)]
-    negative_prompt: Annotated[Utf8Str, Field(strict=True, max_length=2000)] = DEFAULT_NEGATIVE_PROMPT
-    video_prompt: Annotated[Utf8Str, Field(strict=True, max_length=2500)] | None = None
-    width: Annotated[StrictInt, Field(ge=300, le=2048)] = 720
-    height: Annotated[StrictInt, Field(ge=300, le=2048)] = 1280
+    prompt: Prompt
+    negative_prompt: Prompt = ""
+    video_prompt: VideoPrompt | None = None
+    width: Annotated[StrictInt, Field(ge=MIN_SIDE, le=MAX_SIDE)] = 720
+    height: Annotated[StrictInt, Field(ge=MIN_SIDE, le=MAX_SIDE)] = 1280
     duration: Literal[5, 10] = 5
     seed: Annotated[StrictInt, Field(ge=-1, le=2147483647)] = -1
 
-    @field_validator("prompt", mode="before")
+    @field_validator("prompt", "negative_prompt", "video_prompt", mode="before")
     @classmethod
-    def _trim_prompt(cls, value: Any) -> Any:
+    def _trim(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("prompt", "negative_prompt", "video_prompt")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return None if value is None else _no_controls(value)
+
+    @field_validator("prompt")
+    @classmethod
+    def _seen(cls, value: str) -> str:
+        if not _visible(value):
+            raise ValueError("must contain visible characters")
+        return value
 
     @field_validator("duration", mode="before")
     @classmethod
     def _strict_duration(cls, value: Any) -> Any:
-        # Literal[5, 10] would otherwise accept True (== 1 is not 5, but 5.0 == 5 would pass).
+        # Literal[5, 10] would otherwise accept 5.0 and True-like values.
         if type(value) is not int:
             raise ValueError("must be the integer 5 or 10")
         return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> CreateSketchRequest:
+        area = self.width * self.height
+        if area < MIN_AREA:
+            raise ValueError(
+                f"width x height is {area:,} pixels; Seedream 3.0 needs at least 512 x 512 = {MIN_AREA:,}"
+            )
+        ratio = max(self.width, self.height) / min(self.width, self.height)
+        if ratio > MAX_ASPECT:
+            raise ValueError(
+                f"the aspect ratio is {ratio:.2f}:1; Kling takes at most {MAX_ASPECT}:1 either way"
+            )
+        return self
 
 
 # Fields of the public sketch, in the order the contract lists them.
@@ -94,11 +158,18 @@ PUBLIC_FIELDS = (
     "image_url_expires_at",
     "video_url",
     "video_url_expires_at",
+    "progress",
+    "eta_seconds",
     "error_message",
     "created_at",
     "updated_at",
     "completed_at",
 )
+
+Stage = Literal["image", "video"]
+# How the still is made: Novita's async text-to-image task (with a webhook), or Seedream 3.0's
+# synchronous endpoint, which runs as a queued step.
+ImageForm = Literal["task", "sync"]
 
 
 class Sketch(BaseModel):
@@ -115,23 +186,36 @@ class Sketch(BaseModel):
     seed: int
     image_task_id: str | None = None
     video_task_id: str | None = None
+    # What the app shows: the durable copies once they are stored, Novita's links until then.
     image_url: str | None = None
     image_url_expires_at: datetime | None = None
     video_url: str | None = None
     video_url_expires_at: datetime | None = None
+    progress: int = 0
+    eta_seconds: int | None = None
     error_message: str | None = None
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None = None
     user_id: str | None = None
-    # Which paid submission ("image" or "video") was sent without a known outcome, and when.
-    submission_unknown: Literal["image", "video"] | None = None
+    image_form: ImageForm = "task"
+    # Novita's own links (they expire about an hour after the task ends), and the durable copies.
+    novita_image_url: str | None = None
+    novita_image_url_expires_at: datetime | None = None
+    novita_video_url: str | None = None
+    novita_video_url_expires_at: datetime | None = None
+    image_object: str | None = None
+    video_object: str | None = None
+    # Which paid submission was sent without a known outcome, and when.
+    submission_unknown: Stage | None = None
     submission_unknown_since: datetime | None = None
-    # The delivery that holds the image-to-video chain, and until when.
-    chain_lease_owner: str | None = None
-    chain_lease_until: datetime | None = None
-    # When recovery may next ask Novita about this sketch; None once the sketch is final.
+    # The step that holds the sketch's slow work (Seedream, the chain, the copy), and until when.
+    step_lease_owner: str | None = None
+    step_lease_until: datetime | None = None
+    # When recovery may next look at this sketch; None once the sketch is final.
     recovery_due_at: datetime | None = None
+    # Why the last step that met a fault that may pass did not finish (for the dead-letter reason).
+    last_step_error: str | None = None
     # The document's update time when this copy was read or written, as Firestore gave it: lets
     # the next conditional write go out without reading the document again.
     _version: str | None = PrivateAttr(default=None)
@@ -144,9 +228,10 @@ class Sketch(BaseModel):
         now: datetime,
         user_id: str | None,
         recovery_due_at: datetime,
+        image_form: ImageForm,
     ) -> Sketch:
-        """A sketch about to ask for its still: until Novita answers, the outcome of that request is
-        unknown, and recovery resolves it if the answer is never recorded."""
+        """A sketch about to ask for its still. With an async task, the outcome of that request is
+        unknown until Novita answers, and recovery resolves it if the answer is never recorded."""
         return cls(
             id=sketch_id,
             status=Status.IMAGE_PENDING,
@@ -160,21 +245,29 @@ class Sketch(BaseModel):
             created_at=now,
             updated_at=now,
             user_id=user_id,
-            submission_unknown="image",
-            submission_unknown_since=now,
+            image_form=image_form,
+            submission_unknown="image" if image_form == "task" else None,
+            submission_unknown_since=now if image_form == "task" else None,
             recovery_due_at=recovery_due_at,
         )
 
-    @property
-    def current_task_id(self) -> str | None:
-        if self.status is Status.IMAGE_PENDING:
-            return self.image_task_id
-        if self.status is Status.VIDEO_PENDING:
-            return self.video_task_id
-        return None
+    def task_of(self, stage: Stage) -> str | None:
+        return self.image_task_id if stage == "image" else self.video_task_id
 
     def lease_is_live(self, now: datetime) -> bool:
-        return self.chain_lease_until is not None and self.chain_lease_until > now
+        return self.step_lease_until is not None and self.step_lease_until > now
+
+    def next_step(self) -> StepKind | None:
+        """The work this sketch waits on now, whoever is doing it."""
+        if self.status is Status.IMAGE_PENDING:
+            if self.image_task_id is not None:
+                return StepKind.CHECK
+            return StepKind.SEEDREAM if self.image_form == "sync" else None
+        if self.status is Status.IMAGE_COMPLETE:
+            return StepKind.CHAIN
+        if self.status is Status.VIDEO_PENDING:
+            return StepKind.COPY if self.novita_video_url is not None else StepKind.CHECK
+        return None
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(mode="python")

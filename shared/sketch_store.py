@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.firestore_rest import AlreadyExists, Document, Firestore, PreconditionFailed, Unavailable
+from shared.firestore_rest import NAME_FIELD, Document, Firestore, Write
+from shared.google_api import AlreadyExists, PreconditionFailed, Unavailable
 from shared.sketch import Sketch, can_move, utcnow
 
 log = logging.getLogger(__name__)
@@ -61,15 +62,22 @@ class SketchStore:
         # One document per place a user may have in progress (see claim_slot).
         self._slots = f"{collection}_slots"
 
-    def create(self, sketch: Sketch) -> Sketch:
-        """Store a new sketch; returns it as stored."""
+    def create(self, sketch: Sketch, *, also: Sequence[Write] = ()) -> Sketch:
+        """Store a new sketch, and `also` in the same atomic commit; returns it as stored.
+
+        With `also`, AlreadyExists is the caller's to judge: one of its documents may be taken.
+        """
         with _firestore("store the sketch"):
             try:
-                update_time = self._db.create(self._collection, sketch.id, sketch.to_document())
-            except AlreadyExists:
+                results = self._db.commit(
+                    [Write(self._collection, sketch.id, sketch.to_document(), "absent"), *also]
+                )
+            except (AlreadyExists, PreconditionFailed) as exc:
+                if also:
+                    raise AlreadyExists(exc.status, "a document of the commit is taken") from exc
                 # Ids are random: this is our own create, committed by an attempt whose answer was lost.
                 return sketch
-        return _versioned(sketch.model_copy(), update_time)
+        return _versioned(sketch.model_copy(), results[0][0])
 
     def get(self, sketch_id: str) -> Sketch | None:
         with _firestore(f"read sketch {sketch_id}"):
@@ -107,10 +115,30 @@ class SketchStore:
             return _versioned(sketch.model_copy(update=changes), written), True
         raise StoreUnavailable(f"sketch {sketch_id} kept changing under {MUTATE_ATTEMPTS} attempts")
 
-    def due_for_recovery(self, now: datetime, limit: int) -> list[Sketch]:
-        """Pending sketches whose next task-result check is due, oldest first."""
-        with _firestore("list pending sketches"):
-            documents = self._db.at_most(self._collection, "recovery_due_at", now, limit)
+    def due_for_recovery(self, now: datetime, limit: int, after: Sketch | None = None) -> list[Sketch]:
+        """Unfinished sketches whose next look is due, oldest due first, after `after` (a cursor)."""
+        cursor = None if after is None else [after.recovery_due_at, after.id]
+        with _firestore("list the sketches due for recovery"):
+            documents = self._db.query(
+                self._collection,
+                where=[("recovery_due_at", "LESS_THAN_OR_EQUAL", now)],
+                order_by=[("recovery_due_at", "ASCENDING"), (NAME_FIELD, "ASCENDING")],
+                start_after=cursor,
+                limit=limit,
+            )
+        return [_sketch(document) for document in documents]
+
+    def newest(self, user_id: str | None, limit: int, after: tuple[datetime, str] | None) -> list[Sketch]:
+        """The user's sketches (everyone's for None), newest first, after the position `after`."""
+        where = [("user_id", "EQUAL", user_id)] if user_id is not None else []
+        with _firestore("list sketches"):
+            documents = self._db.query(
+                self._collection,
+                where=where,
+                order_by=[("created_at", "DESCENDING"), (NAME_FIELD, "DESCENDING")],
+                start_after=None if after is None else list(after),
+                limit=limit,
+            )
         return [_sketch(document) for document in documents]
 
     def claim_slot(self, user_id: str, sketch_id: str, slots: int) -> bool:
@@ -145,6 +173,19 @@ class SketchStore:
                     return True
         return False
 
+    def release_slot(self, user_id: str, sketch_id: str, slots: int) -> None:
+        """Free the place taken for a sketch that was not made after all (its request lost a race)."""
+        owner = hashlib.sha256(user_id.encode()).hexdigest()[:32]
+        with _firestore("free a place"):
+            for index in range(slots):
+                document = self._db.get(self._slots, f"{owner}-{index}")
+                if _holds(document, sketch_id):
+                    assert document is not None
+                    self._write_if_unchanged(
+                        self._slots, document.id, {"sketch_id": None}, document.update_time
+                    )
+                    return
+
     def _write_if_unchanged(
         self, collection: str, doc_id: str, data: dict[str, Any], update_time: str | None
     ) -> str | None:
@@ -157,7 +198,9 @@ class SketchStore:
             return None
 
     def _slot_is_free(self, place: dict[str, Any]) -> bool:
-        holder = self.get(str(place.get("sketch_id")))
+        if place.get("sketch_id") is None:
+            return True  # given back
+        holder = self.get(str(place["sketch_id"]))
         if holder is not None:
             return holder.status.is_final
         # The sketch of a place taken a moment ago may still be on its way to Firestore.

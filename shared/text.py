@@ -1,5 +1,9 @@
 """Text that can be stored and sent on: JSON lets a lone surrogate (\\ud800) through, UTF-8 (and so
-Firestore and every HTTP answer) does not."""
+Firestore and every HTTP answer) does not.
+
+Put `utf8` after a length bound (`Annotated[str, Field(max_length=...), utf8]`), so that the bound
+is checked on the string itself and its message speaks of characters.
+"""
 
 from __future__ import annotations
 
@@ -16,4 +20,5 @@ def _encodable(value: str) -> str:
     return value
 
 
-Utf8Str = Annotated[str, AfterValidator(_encodable)]
+utf8 = AfterValidator(_encodable)
+Utf8Str = Annotated[str, utf8]

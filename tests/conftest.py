@@ -1,8 +1,10 @@
-"""Fixtures: the real Firestore emulator, the Novita simulator and both functions served by
-functions-framework, all on loopback."""
+"""Fixtures: the real Firestore, Pub/Sub and Cloud Storage emulators, the Novita simulator and both
+functions served by functions-framework, all on loopback. Each stack has a Google Cloud project of
+its own, so its steps' topics and push subscriptions (made by the project's own code) are its own."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -16,11 +18,20 @@ from google.cloud import firestore
 from devstack.emulator import FirestoreEmulator
 from devstack.functions import FunctionServer
 from devstack.processes import free_port
+from devstack.pubsub import PubSubEmulator
+from devstack.stack import Scheduler
+from devstack.storage import StorageEmulator
 from novita_simulator import NovitaSimulator, SimulatorConfig
-from shared.sketch import Sketch
-from shared.webhook_tokens import Stage, webhook_url
+from shared.google_api import GoogleApi
+from shared.pubsub_rest import PubSub
+from shared.sketch import Sketch, Stage
+from shared.steps import Step
+from shared.tokens import sweep_token, webhook_url
+from shared.topology import DEAD_LETTER_SUBSCRIPTION, SUBSCRIPTION, TOPIC
 
+# The Firebase project ID tokens are minted for; each stack's Google Cloud project is its own.
 PROJECT = "sketch-machine-test"
+BUCKET = "sketch-machine-test-media"
 API_KEY = "test-novita-key"
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"
 LOG_DIR = Path(os.environ.get("TEST_LOG_DIR", "/tmp/sketch-machine-test-logs"))
@@ -74,6 +85,20 @@ def emulator() -> Iterator[FirestoreEmulator]:
 
 
 @pytest.fixture(scope="session")
+def pubsub() -> Iterator[PubSubEmulator]:
+    emu = PubSubEmulator(LOG_DIR / "pubsub-emulator.log").start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def storage() -> Iterator[StorageEmulator]:
+    emu = StorageEmulator(LOG_DIR / "storage-emulator.log", BUCKET).start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
 def simulator() -> Iterator[NovitaSimulator]:
     sim = NovitaSimulator(api_key=API_KEY, host="127.0.0.1", port=0, config=fast_simulator_config()).start()
     yield sim
@@ -87,21 +112,39 @@ def fast_simulator_config(**changes: Any) -> SimulatorConfig:
 
 
 class Stack:
-    """Both functions as real processes, wired to the emulator and the simulator."""
+    """Both functions as real processes, wired to the emulators and the simulator."""
 
     def __init__(
-        self, emulator: FirestoreEmulator, simulator: NovitaSimulator, env: dict[str, str], name: str
+        self,
+        emulator: FirestoreEmulator,
+        pubsub: PubSubEmulator,
+        storage: StorageEmulator,
+        simulator: NovitaSimulator,
+        env: dict[str, str],
+        name: str,
+        personality: str = "guide",
+        sweep_every: float | None = None,
     ) -> None:
+        self.personality = personality
+        self.sweep_every = sweep_every
+        self.scheduler: Scheduler | None = None
         self.emulator = emulator
+        self.pubsub = pubsub
+        self.storage = storage
         self.simulator = simulator
+        self.project = f"sketch-test-{name}"
         webhook_port = free_port()
         self.env = {
             "NOVITA_API_KEY": API_KEY,
             "NOVITA_BASE_URL": simulator.base_url,
             "WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/",
             "WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "FIREBASE_PROJECT_ID": PROJECT,
             "FIRESTORE_EMULATOR_HOST": emulator.host,
+            "PUBSUB_EMULATOR_HOST": pubsub.host,
+            "STORAGE_EMULATOR_HOST": storage.url,
+            "MEDIA_BUCKET": BUCKET,
             "MEDIA_URL_POLICY": "any",
             **env,
         }
@@ -109,24 +152,34 @@ class Stack:
             "novita_webhook", self.env, LOG_DIR / f"{name}-novita_webhook.log", port=webhook_port
         )
         self.create = FunctionServer("create_sketch", self.env, LOG_DIR / f"{name}-create_sketch.log")
+        for server in (self.webhook, self.create):
+            server.log_path.unlink(missing_ok=True)  # this run's lines only
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
-        self.db = firestore.Client(project=PROJECT)
+        self.db = firestore.Client(project=self.project)
         self.collection = self.env.get("SKETCHES_COLLECTION", "sketches")
 
     def start(self) -> Stack:
+        self.pubsub.create_topology(self.project, self.env["WEBHOOK_URL"])
         self.webhook.start()
         self.create.start()
+        if self.sweep_every is not None:
+            # Recovery is always on where the project is deployed (Cloud Scheduler runs the sweep).
+            self.scheduler = Scheduler(self.env["WEBHOOK_URL"], WEBHOOK_SECRET, self.sweep_every).start()
         return self
 
     def clean(self) -> Stack:
-        """An empty Firestore and a simulator back at its fast defaults, with nothing in flight."""
+        """An empty Firestore, no step left in the queue, and a simulator back at its fast
+        defaults, with nothing in flight."""
         self.simulator.wait_idle(10)
         self.simulator.reset()
-        self.simulator.configure(**fast_simulator_config().model_dump())
-        self.emulator.reset(PROJECT)
+        self.simulator.configure(**fast_simulator_config(personality=self.personality).model_dump())
+        self.pubsub.purge(self.project, SUBSCRIPTION, DEAD_LETTER_SUBSCRIPTION)
+        self.emulator.reset(self.project)
         return self
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.create.stop()
         self.webhook.stop()
         self.http.close()
@@ -143,6 +196,43 @@ class Stack:
 
     def webhook_url(self, sketch_id: str, stage: Stage = "image") -> str:
         return webhook_url(self.webhook.url, WEBHOOK_SECRET, sketch_id, stage)
+
+    def publish(self, step: Step) -> None:
+        """Publish a step as the functions do (signed), for Pub/Sub to push to the webhook."""
+        api = GoogleApi(self.http)
+        PubSub(api, self.project, base_url=self.pubsub.url).publish(TOPIC, [step.message(WEBHOOK_SECRET)])
+
+    def log_lines(self, message: str, sketch_id: str | None = None) -> list[dict[str, Any]]:
+        """The webhook function's log lines whose message starts with `message` (about
+        `sketch_id`), as it wrote them."""
+        lines = []
+        for raw in self.webhook.log_path.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                line = json.loads(raw)
+                if str(line.get("message")).startswith(message) and sketch_id in (
+                    None,
+                    line.get("sketch_id"),
+                ):
+                    lines.append(line)
+        return lines
+
+    def wait_for_steps(self, sketch_id: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Wait until the webhook has finished `count` steps of the sketch (any outcome)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.log_lines("step done", sketch_id)
+            if len(done) >= count:
+                return done
+            time.sleep(0.05)
+        raise AssertionError(f"{count} step(s) of {sketch_id} not done in {timeout} s")
+
+    def sweep(self) -> httpx.Response:
+        """Run the recovery sweep, as Cloud Scheduler does."""
+        return self.http.post(
+            self.webhook.url,
+            params={"action": "sweep"},
+            headers={"Authorization": f"Bearer {sweep_token(WEBHOOK_SECRET)}"},
+        )
 
     def deliver(self, sketch_id: str, event: Any, *, stage: Stage = "image") -> httpx.Response:
         """POST `event` to the sketch's registered webhook URL, as Novita would."""
@@ -193,12 +283,17 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack_factory(emulator: FirestoreEmulator, simulator: NovitaSimulator) -> Iterator[Callable[..., Stack]]:
+def stack_factory(
+    emulator: FirestoreEmulator, pubsub: PubSubEmulator, storage: StorageEmulator, simulator: NovitaSimulator
+) -> Iterator[Callable[..., Stack]]:
     started: list[Stack] = []
 
-    def make(name: str = "stack", **env: str) -> Stack:
-        """Both functions started with `env`, on a clean emulator and simulator."""
-        stack = Stack(emulator, simulator, env, name).start()
+    def make(
+        name: str = "stack", personality: str = "guide", sweep_every: float | None = None, **env: str
+    ) -> Stack:
+        """Both functions started with `env`, on a clean emulator and a simulator with `personality`;
+        with `sweep_every`, the recovery sweep runs on that schedule, as Cloud Scheduler runs it."""
+        stack = Stack(emulator, pubsub, storage, simulator, env, name, personality, sweep_every).start()
         started.append(stack)
         return stack.clean()
 
@@ -219,12 +314,31 @@ def stack(default_stack: Stack) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
+def reference_stack(stack_factory: Callable[..., Stack]) -> Stack:
+    """Novita as its public reference says it is: Seedream synchronous, Kling JSON, no Kling webhook,
+    so every video arrives through recovery, which runs on a short schedule here."""
+    return stack_factory(
+        "reference", personality="reference", sweep_every=0.5, RECOVERY_INTERVAL_SECONDS="0.5"
+    )
+
+
+@pytest.fixture(params=["guide", "reference"])
+def either_stack(
+    request: pytest.FixtureRequest, default_stack: Stack, reference_stack: Stack
+) -> Iterator[Stack]:
+    """The default stack, once against each of the simulator's personalities."""
+    chosen = default_stack if request.param == "guide" else reference_stack
+    yield chosen.clean()
+    chosen.simulator.wait_idle(10)
+
+
+@pytest.fixture(scope="session")
 def quick_recovery_stack(stack_factory: Callable[..., Stack]) -> Stack:
     """A stack whose recovery runs on a short clock: checks every 0.5 s, 2 s leases, 3 s grace."""
     return stack_factory(
         "recovery",
         RECOVERY_INTERVAL_SECONDS="0.5",
-        CHAIN_LEASE_SECONDS="2",
+        STEP_LEASE_SECONDS="2",
         UNKNOWN_OUTCOME_GRACE_SECONDS="3",
     )
 

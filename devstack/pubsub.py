@@ -1,0 +1,123 @@
+"""Google's Pub/Sub emulator, started as one JVM bound to loopback, and the steps' topology on it,
+made from the same definitions deploy.sh uses (`shared/topology.py`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from devstack.emulator import sdk_roots
+from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
+from shared.topology import (
+    DEAD_LETTER_ACTION,
+    DEAD_LETTER_SUBSCRIPTION,
+    DEAD_LETTER_TOPIC,
+    STEP_ACTION,
+    SUBSCRIPTION,
+    TOPIC,
+    RetryPolicy,
+    subscription_body,
+)
+
+JARS_IN_SDK = Path("platform/pubsub-emulator/lib")
+# Locally a step comes back within seconds, and ends in the dead letters after five tries: the
+# production policy's minutes would make every test of a fault wait for them.
+LOCAL_RETRY = RetryPolicy(min_backoff_seconds=1, max_backoff_seconds=4, max_delivery_attempts=5)
+
+
+def find_jar() -> Path:
+    """The emulator jar of the installed Google Cloud SDK (package google-cloud-cli-pubsub-emulator)."""
+    if os.environ.get("PUBSUB_EMULATOR_JAR"):
+        return Path(os.environ["PUBSUB_EMULATOR_JAR"])
+    for root in sdk_roots():
+        jars = sorted((root / JARS_IN_SDK).glob("cloud-pubsub-emulator-*.jar"))
+        if jars:
+            return jars[-1]
+    raise FileNotFoundError(
+        "Pub/Sub emulator jar not found: install the Debian package google-cloud-cli-pubsub-emulator"
+    )
+
+
+def with_action(url: str, action: str) -> str:
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode({"action": action})) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
+class PubSubEmulator:
+    def __init__(self, log_path: Path, *, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.host = f"{LOOPBACK}:{self.port}"
+        self.url = f"http://{self.host}"
+        self._log_path = log_path
+        self._proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 60.0) -> PubSubEmulator:
+        cmd = [
+            shutil.which("java") or "java",
+            "-jar",
+            str(find_jar()),
+            f"--host={LOOPBACK}",
+            f"--port={self.port}",
+        ]
+        self._proc = start(cmd, env=dict(os.environ), log_path=self._log_path)
+        wait_until(answers(self.url + "/"), timeout, "Pub/Sub emulator", self._proc)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop(self._proc)
+            self._proc = None
+
+    def create_topology(self, project: str, webhook_url: str, retry: RetryPolicy = LOCAL_RETRY) -> None:
+        """The steps' topics and push subscriptions, pointed at `webhook_url`; made or brought up to date."""
+        base = f"{self.url}/v1/projects/{project}"
+        with httpx.Client(timeout=10) as http:
+            for topic in (TOPIC, DEAD_LETTER_TOPIC):
+                answer = http.put(f"{base}/topics/{topic}", json={})
+                if answer.status_code != 409:
+                    answer.raise_for_status()
+            subscriptions = {
+                SUBSCRIPTION: subscription_body(
+                    project, TOPIC, with_action(webhook_url, STEP_ACTION), retry, dead_letters=True
+                ),
+                DEAD_LETTER_SUBSCRIPTION: subscription_body(
+                    project,
+                    DEAD_LETTER_TOPIC,
+                    with_action(webhook_url, DEAD_LETTER_ACTION),
+                    retry,
+                    dead_letters=False,
+                ),
+            }
+            for name, body in subscriptions.items():
+                answer = http.put(f"{base}/subscriptions/{name}", json=body)
+                if answer.status_code == 409:
+                    fields = [key for key in body if key != "topic"]
+                    answer = http.patch(
+                        f"{base}/subscriptions/{name}",
+                        json={"subscription": body, "updateMask": ",".join(fields)},
+                    )
+                answer.raise_for_status()
+
+    def purge(self, project: str, *subscriptions: str) -> None:
+        """Drop every message the subscriptions still hold (a seek to now acknowledges them)."""
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with httpx.Client(timeout=10) as http:
+            for name in subscriptions:
+                http.post(
+                    f"{self.url}/v1/projects/{project}/subscriptions/{name}:seek", json={"time": now}
+                ).raise_for_status()
+
+    def subscription(self, project: str, name: str) -> dict[str, object]:
+        answer = httpx.get(f"{self.url}/v1/projects/{project}/subscriptions/{name}", timeout=10)
+        answer.raise_for_status()
+        return dict(answer.json())

@@ -1,0 +1,59 @@
+"""A Cloud Storage emulator (PyPI's `gcp-storage-emulator`, pure Python) as its own process on
+loopback. The functions reach it through the standard `STORAGE_EMULATOR_HOST`.
+
+It keeps objects in memory, has no authentication, and ignores preconditions: `ifGenerationMatch=0`
+is sent but not enforced here (tests check that it is sent, and what the code does with a 412).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
+
+
+class StorageEmulator:
+    def __init__(self, log_path: Path, bucket: str, *, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.bucket = bucket
+        self._log_path = log_path
+        self._proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 30.0) -> StorageEmulator:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            f"--host={LOOPBACK}",
+            f"--port={self.port}",
+            "--in-memory",
+            f"--default-bucket={self.bucket}",
+            "--quiet",
+        ]
+        self._proc = start(cmd, env=dict(os.environ), log_path=self._log_path)
+        wait_until(answers(self.url + "/"), timeout, "Cloud Storage emulator", self._proc)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop(self._proc)
+            self._proc = None
+
+    def object(self, name: str) -> dict[str, object] | None:
+        """An object's metadata, None if there is no such object."""
+        answer = httpx.get(f"{self.url}/storage/v1/b/{self.bucket}/o/{quote(name, safe='')}", timeout=10)
+        if answer.status_code == 404:
+            return None
+        answer.raise_for_status()
+        return dict(answer.json())

@@ -1,0 +1,39 @@
+"""One deadline per piece of work: every network phase under it waits at most what is left of it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+
+
+class DeadlinePassed(Exception):
+    """The work ran out of time before it was done."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    end: float  # time.monotonic()
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def check(self, what: str) -> None:
+        if time.monotonic() >= self.end:
+            raise DeadlinePassed(f"{what}: out of time")
+
+    def timeout(self, connect: float, read: float, write: float | None = None) -> httpx.Timeout:
+        """Per-phase timeouts, none longer than what is left (at least a moment, so that a call
+        made at the very end fails as a timeout rather than as a configuration error)."""
+        left = max(0.001, self.remaining())
+        return httpx.Timeout(
+            connect=min(connect, left),
+            read=min(read, left),
+            write=min(read if write is None else write, left),
+            pool=min(connect, left),
+        )
