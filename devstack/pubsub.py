@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -56,6 +57,8 @@ class PubSubEmulator:
         self.url = f"http://{self.host}"
         self._log_path = log_path
         self._proc = None
+        # The topologies made on it, so that a restart (the emulator keeps nothing) makes them again.
+        self._topologies: dict[str, tuple[str, RetryPolicy]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -78,8 +81,18 @@ class PubSubEmulator:
             stop(self._proc)
             self._proc = None
 
+    def restart(self, downtime: float) -> None:
+        """Stop the emulator for `downtime` seconds and bring it back on its port, with its topologies
+        (the messages it held are lost, as an outage may lose them)."""
+        self.stop()
+        time.sleep(downtime)
+        self.start()
+        for project, (webhook_url, retry) in self._topologies.items():
+            self.create_topology(project, webhook_url, retry)
+
     def create_topology(self, project: str, webhook_url: str, retry: RetryPolicy = LOCAL_RETRY) -> None:
         """The steps' topics and push subscriptions, pointed at `webhook_url`; made or brought up to date."""
+        self._topologies[project] = (webhook_url, retry)
         base = f"{self.url}/v1/projects/{project}"
         with httpx.Client(timeout=10) as http:
             for topic in (TOPIC, DEAD_LETTER_TOPIC):

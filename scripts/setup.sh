@@ -22,6 +22,14 @@ if ! need shellcheck; then
   { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; } || echo "setup: shellcheck not installed" >&2
 fi
 
+if [ ! -x /usr/bin/chromium ]; then
+  # The playground's browser test drives Debian's Chromium through Playwright, which downloads no
+  # browser of its own here; without Chromium that test fails and says why.
+  echo "setup: installing Chromium for the playground's browser test" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+    echo "setup: chromium not installed; tests/test_playground.py will fail" >&2
+fi
+
 sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)
 jar="${sdk_root:-/usr/lib/google-cloud-sdk}/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
 if [ ! -f "$jar" ] && [ ! -f /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar ]; then

@@ -26,20 +26,29 @@ _sketch: ContextVar[str | None] = ContextVar("sketch_id", default=None)
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 _SEVERITIES = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 _TRACE_CONTEXT = re.compile(r"^([0-9a-fA-F]{32})(?:/(\d{1,20}))?(?:;o=([01]))?$")
+# Whatever a request carried into a message or a field is cut to this: a line stays readable, and
+# nobody can fill the logs with a 100 KB status.
+MAX_MESSAGE = 2000
+MAX_FIELD = 500
+
+
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else f"{value[:limit]}… ({len(value) - limit} more characters)"
 
 
 class CloudJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "severity": record.levelname if record.levelname in _SEVERITIES else "DEFAULT",
-            "message": record.getMessage(),
+            "message": _cut(record.getMessage(), MAX_MESSAGE),
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "logger": record.name,
             **(_trace.get() or {}),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry.setdefault(key, value)  # `extra` cannot override severity, message or trace
+                # `extra` cannot override severity, message or trace.
+                entry.setdefault(key, _cut(value, MAX_FIELD) if isinstance(value, str) else value)
         sketch_id = _sketch.get()
         if sketch_id is not None:
             entry.setdefault("sketch_id", sketch_id)

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.google_api import Unavailable
+from shared.google_api import ApiError
 from shared.novita_models import TaskId
 from shared.pubsub_rest import Message, PubSub
 from shared.sketch import Stage, StepKind
@@ -108,5 +108,7 @@ class StepQueue:
             return
         try:
             self._pubsub.publish(TOPIC, [step.message(self._secret) for step in steps])
-        except Unavailable as exc:
+        except ApiError as exc:
+            # Any refusal, a missing topic included (a deploy or an emulator half done), is answered
+            # 5xx by the caller: its sender tries again, and nothing is lost meanwhile.
             raise QueueUnavailable(f"Pub/Sub did not take {len(steps)} step(s): {exc}") from exc

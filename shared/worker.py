@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -75,6 +76,7 @@ from shared.tokens import webhook_url
 from shared.topology import STEP_DEADLINE_SECONDS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Connect, write and read timeouts of a Kling request: the lease must still run this long when it is sent.
 KLING_REQUEST_BUDGET = timedelta(seconds=95)
@@ -296,6 +298,21 @@ class Worker:
         if kind in SLOW_STEPS and not sketch.lease_is_live(now) and sketch.submission_unknown is None:
             self._queue.publish(Step(kind=kind, sketch_id=sketch.id))
 
+    def _record_paid(self, what: str, write: Callable[[], T], deadline: Deadline) -> T:
+        """Write down a result Novita was paid for. While Firestore is away it is tried again, until
+        the step's deadline: giving up would mean the result is lost, or paid for again."""
+        attempt = 0
+        while True:
+            try:
+                return write()
+            except StoreUnavailable as exc:
+                attempt += 1
+                delay = min(2.0, 0.25 * 2**attempt)
+                if deadline.remaining() <= delay:
+                    raise RetryLater(f"{what} could not be recorded: {exc}") from exc
+                log.warning("%s not recorded yet, trying again: %s", what, exc)
+                time.sleep(delay)
+
     def _fail_unless_final(self, sketch: Sketch, reason: str, what: str) -> Outcome:
         _, changed = self._store.mutate(
             sketch.id, lambda s: None if s.status.is_final else fail_changes(reason), known=sketch
@@ -349,19 +366,18 @@ class Worker:
                 log.warning("Seedream's answer was lost: %s", exc.describe())
                 return Outcome.APPLIED
             now = utcnow()
-            made = self._finish(
-                sketch.id,
-                owner,
-                {
-                    "status": Status.IMAGE_COMPLETE,
-                    "image_url": url,
-                    "novita_image_url": url,
-                    "progress": progress_at("chain"),
-                    "eta_seconds": None,
-                    **NO_LEASE,
-                    **OUTCOME_KNOWN,
-                    "recovery_due_at": self._results.recovery_due(now),
-                },
+            drawn: Changes = {
+                "status": Status.IMAGE_COMPLETE,
+                "image_url": url,
+                "novita_image_url": url,
+                "progress": progress_at("chain"),
+                "eta_seconds": None,
+                **NO_LEASE,
+                **OUTCOME_KNOWN,
+                "recovery_due_at": self._results.recovery_due(now),
+            }
+            made = self._record_paid(
+                "the still Seedream drew", lambda: self._finish(sketch.id, owner, drawn), deadline
             )
         log.info("Seedream drew the still", extra={"form": "reference"})
         if made is not None:
@@ -443,12 +459,16 @@ class Worker:
                 }
 
             try:
-                self._store.mutate(sketch.id, record, known=sketch)
-            except StoreUnavailable as exc:
+                self._record_paid(
+                    f"the image-to-video task {video_task_id}",
+                    lambda: self._store.mutate(sketch.id, record, known=sketch),
+                    deadline,
+                )
+            except RetryLater:
                 # The lease stays, so no other step asks Kling before this task's result is adopted,
                 # unless the lease runs out first.
                 log.error("image-to-video task started but not recorded", extra={"task_id": video_task_id})
-                raise RetryLater(f"the image-to-video task {video_task_id} could not be recorded") from exc
+                raise
         log.info("image-to-video task started", extra={"task_id": video_task_id, "form": form})
         return Outcome.APPLIED
 

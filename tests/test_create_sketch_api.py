@@ -1,4 +1,5 @@
-"""`create_sketch` over real HTTP: validation, Novita refusing or absent, GET, OPTIONS, methods."""
+"""`create_sketch` over real HTTP: validation (Novita's own limits at the door), Novita refusing or
+absent, GET, OPTIONS, methods."""
 
 from __future__ import annotations
 
@@ -38,15 +39,19 @@ INVALID_BODIES: list[tuple[str, Any, str]] = [
     ("missing prompt", {}, "prompt"),
     ("empty prompt", {"prompt": ""}, "prompt"),
     ("blank prompt", {"prompt": "   \t "}, "prompt"),
-    ("prompt too long", {"prompt": "x" * 2001}, "prompt"),
+    ("prompt too long", {"prompt": "x" * 1025}, "prompt"),
+    ("prompt of zero-width spaces", {"prompt": "\u200b\u200b\ufeff"}, "prompt"),
+    ("prompt with NUL", {"prompt": "a cat\u0000"}, "prompt"),
     ("prompt not a string", {"prompt": 12}, "prompt"),
-    ("negative prompt too long", {**VALID, "negative_prompt": "x" * 2001}, "negative_prompt"),
+    ("negative prompt too long", {**VALID, "negative_prompt": "x" * 1025}, "negative_prompt"),
     ("video prompt too long", {**VALID, "video_prompt": "x" * 2501}, "video_prompt"),
     ("width as string", {**VALID, "width": "720"}, "width"),
     ("width fractional", {**VALID, "width": 720.5}, "width"),
     ("height boolean", {**VALID, "height": True}, "height"),
     ("width too small", {**VALID, "width": 100}, "width"),
     ("height too large", {**VALID, "height": 100000}, "height"),
+    ("area under 512x512", {**VALID, "width": 500, "height": 500}, "Seedream 3.0 needs at least 512 x 512"),
+    ("ratio beyond 2.5:1", {**VALID, "width": 2048, "height": 800}, "at most 2.5:1"),
     ("duration 7", {**VALID, "duration": 7}, "duration"),
     ("duration as string", {**VALID, "duration": "5"}, "duration"),
     ("duration float", {**VALID, "duration": 5.0}, "duration"),
@@ -70,10 +75,37 @@ def test_invalid_body_is_refused_naming_the_field_and_changes_nothing(
     assert stack.simulator.stats()["requests"]["txt2img"] == 0
 
 
+def test_length_errors_speak_of_characters(stack: Stack) -> None:
+    error = stack.post_sketch({"prompt": "é" * 1025}).json()["error"]
+    assert error["message"] == "prompt: String should have at most 1024 characters"
+
+
 @pytest.mark.parametrize(
     "raw",
-    [b"{not json", b"[1, 2]", b'"a string"', b"", b"\xff\xfe\x00"],
-    ids=["broken", "array", "string", "empty", "bytes"],
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'"a string"',
+        b"",
+        b"\xff\xfe\x00",
+        b'{"prompt": "p", "seed": NaN}',
+        b'{"prompt": "p", "seed": Infinity}',
+        b'{"prompt": "p", "prompt": "q"}',
+        '{"prompt": "p"}'.encode("utf-16"),
+        '{"prompt": "p"}'.encode("utf-32"),
+    ],
+    ids=[
+        "broken",
+        "array",
+        "string",
+        "empty",
+        "bytes",
+        "nan",
+        "infinity",
+        "duplicate-key",
+        "utf-16",
+        "utf-32",
+    ],
 )
 def test_body_that_is_not_a_json_object_is_refused(stack: Stack, raw: bytes) -> None:
     response = stack.http.post(stack.create.url, content=raw, headers={"Content-Type": "application/json"})
@@ -92,17 +124,40 @@ def test_body_over_64_kib_is_refused_with_413(stack: Stack) -> None:
     assert stack.stored_count() == 0
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "application/json; charset=utf-16", None],
+    ids=["text", "form", "utf-16", "none"],
+)
+def test_a_body_that_is_not_declared_json_in_utf8_is_415(stack: Stack, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = stack.http.post(stack.create.url, content=json.dumps(VALID).encode(), headers=headers)
+
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert stack.stored_count() == 0
+
+
+def test_json_declared_with_utf8_charset_is_accepted(stack: Stack) -> None:
+    response = stack.http.post(
+        stack.create.url,
+        content=json.dumps(VALID).encode(),
+        headers={"Content-Type": "Application/JSON; charset=UTF-8"},
+    )
+    assert response.status_code == 202
+
+
 def test_novita_refusal_fails_the_sketch_and_answers_502_with_the_reason(stack: Stack) -> None:
-    stack.simulator.configure(http_errors={"txt2img": [403]})
+    stack.simulator.configure(http_errors={"txt2img": [401]})
 
     response = stack.post_sketch(VALID)
 
     assert response.status_code == 502
     error = response.json()["error"]
-    assert error["reason"] == "NOT_ENOUGH_BALANCE"
+    assert error["code"] == "novita_rejected" and error["reason"] == "INVALID_API_KEY"
     sketch = stack.stored(error["sketch"]["id"])
     assert sketch is not None and sketch.status.value == "failed"
-    assert sketch.error_message is not None and "NOT_ENOUGH_BALANCE" in sketch.error_message
+    assert sketch.error_message is not None and "INVALID_API_KEY" in sketch.error_message
 
 
 def test_novita_out_of_reach_fails_the_sketch_and_answers_503(stack_factory) -> None:  # noqa: ANN001
@@ -144,7 +199,7 @@ def test_get_returns_the_sketch_and_404_for_an_unknown_id(stack: Stack) -> None:
 
     found = stack.get_sketch(created["id"])
     missing = stack.get_sketch("no-such-sketch")
-    no_id = stack.http.get(stack.create.url)
+    no_id = stack.http.get(stack.create.url, params={"id": ""})
 
     assert found.status_code == 200
     assert found.json()["id"] == created["id"]
@@ -164,6 +219,8 @@ def test_get_returns_the_sketch_and_404_for_an_unknown_id(stack: Stack) -> None:
         "image_url_expires_at",
         "video_url",
         "video_url_expires_at",
+        "progress",
+        "eta_seconds",
         "error_message",
         "created_at",
         "updated_at",
@@ -226,3 +283,21 @@ def test_get_of_an_id_that_cannot_exist_is_404(stack: Stack, sketch_id: str) -> 
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+    assert len(response.json()["error"]["message"]) < 120  # a long id is not echoed whole
+
+
+def test_a_refusal_about_the_request_moves_text_to_image_to_seedream_and_is_remembered(stack_factory) -> None:  # noqa: ANN001
+    """The guide's async text-to-image form refused (a 4xx that started no task): the still is made
+    by Seedream 3.0's synchronous endpoint, as a queued step, and the next sketch goes straight to it."""
+    stack = stack_factory("form-switch")
+    stack.simulator.configure(http_errors={"txt2img": [400]})
+
+    first = stack.post_sketch(VALID)
+    second = stack.post_sketch(VALID)
+    done = [stack.wait_for_status(a.json()["id"], "complete", timeout=40) for a in (first, second)]
+
+    assert first.status_code == second.status_code == 202
+    assert first.json()["image_task_id"] is None and second.json()["image_task_id"] is None
+    stats = stack.simulator.stats()
+    assert stats["requests"]["txt2img"] == 1 and stats["seedream_images"] == 2  # the refused first try, once
+    assert all(d.image_form == "sync" for d in done)

@@ -14,7 +14,7 @@ import pytest
 from conftest import API_KEY, LOG_DIR, PROJECT, WEBHOOK_SECRET, Stack
 
 from shared import logs
-from shared.webhook_tokens import sketch_token, sweep_token
+from shared.tokens import sketch_token, sweep_token
 
 TRACE_HEADER = "105445aa7843bc8bf206b12000100000/1;o=1"
 TRACE = f"projects/{PROJECT}/traces/105445aa7843bc8bf206b12000100000"
@@ -113,6 +113,13 @@ def test_exception_goes_in_stack_trace() -> None:
     assert "RuntimeError: boom" in entry["stack_trace"]
 
 
+def test_long_values_are_cut_with_a_note_of_how_much() -> None:
+    entry = _format(_record("status %s", ("S" * 100_000,), extra={"task_status": "T" * 100_000}))
+
+    assert len(entry["message"]) < logs.MAX_MESSAGE + 50 and "more characters" in entry["message"]
+    assert len(entry["task_status"]) < logs.MAX_FIELD + 50 and entry["task_status"].startswith("TTT")
+
+
 def test_multiline_message_stays_one_line() -> None:
     assert _format(_record("a\nb", ()))["message"] == "a\nb"
 
@@ -161,19 +168,22 @@ def test_a_whole_sketch_logs_json_lines_with_its_status_changes_and_no_secrets(s
     task_ids = {e.get("task_id") for e in mine}
     assert {done.image_task_id, done.video_task_id} <= task_ids
 
+    trace = f"projects/{stack.project}/traces/105445aa7843bc8bf206b12000100000"
     created = [e for e in _entries(create_log) if e.get("sketch_id") == sketch_id]
-    assert created and all(e.get("logging.googleapis.com/trace") == TRACE for e in created)
+    assert created and all(e.get("logging.googleapis.com/trace") == trace for e in created)
     # The text-to-image call to Novita, timed, within the traced request.
     novita_calls = [
         e
         for e in _entries(create_log)
-        if e.get("logging.googleapis.com/trace") == TRACE and "duration_ms" in e
+        if e.get("logging.googleapis.com/trace") == trace and "duration_ms" in e
     ]
     assert novita_calls, "no line with duration_ms for the Novita call of the traced request"
 
     text = create_log.read_text(encoding="utf-8") + webhook_log.read_text(encoding="utf-8")
     all_ids = {e["sketch_id"] for e in entries if isinstance(e.get("sketch_id"), str)}
     secrets = {API_KEY, WEBHOOK_SECRET, sweep_token(WEBHOOK_SECRET), "token="}
-    secrets |= {sketch_token(WEBHOOK_SECRET, i) for i in all_ids | {sketch_id}}
+    secrets |= {
+        sketch_token(WEBHOOK_SECRET, i, stage) for i in all_ids | {sketch_id} for stage in ("image", "video")
+    }
     leaked = sorted(s for s in secrets if s in text)
     assert not leaked, f"the captured logs contain {len(leaked)} secret(s), e.g. {leaked[0][:6]}..."

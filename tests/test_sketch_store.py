@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from shared.firestore_rest import Firestore, encode_fields
+from shared.google_api import GoogleApi
 from shared.sketch import CreateSketchRequest, Sketch, Status, utcnow
 from shared.sketch_store import SketchStore
 from tests.conftest import Scripted, firestore_error
@@ -28,7 +29,9 @@ def _slot(sketch_id: str, update_time: str) -> httpx.Response:
 def _store(*answers: httpx.Response) -> tuple[SketchStore, list[httpx.Request]]:
     script = Scripted(*answers)
     http = httpx.Client(transport=httpx.MockTransport(script))
-    return SketchStore(Firestore(http, "p", base_url="http://firestore.test"), "sketches"), script.requests
+    return SketchStore(
+        Firestore(GoogleApi(http), "p", base_url="http://firestore.test"), "sketches"
+    ), script.requests
 
 
 def _calls(seen: list[httpx.Request]) -> list[str]:
@@ -50,7 +53,7 @@ def test_a_slot_our_own_lost_create_took_is_ours() -> None:
 
 def test_a_slot_our_own_lost_update_took_is_ours() -> None:
     # A final sketch held the place; our conditional update landed but its retry was refused.
-    old = Sketch.new("old", CreateSketchRequest(prompt="p"), utcnow(), "u", utcnow())
+    old = Sketch.new("old", CreateSketchRequest(prompt="p"), utcnow(), "u", utcnow(), "task")
     final = old.model_copy(update={"status": Status.COMPLETE}).to_document()
     store, seen = _store(
         firestore_error(409, "ALREADY_EXISTS"),
