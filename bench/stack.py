@@ -1,227 +1,470 @@
-"""The real stack for the benchmark: the Firestore emulator, the Novita simulator and the media
-host as their own processes, and functions-framework processes started and stopped at will."""
+"""The real stack for the benchmark, on loopback: the Firestore, Pub/Sub and Cloud Storage emulators,
+the Novita simulator and the media host as their own processes, and deployments of the two
+functions (each a Google Cloud project of its own, with its own steps' topology) started at will."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-from google.cloud import firestore
 
+from bench.measure import cpu_seconds
 from devstack.emulator import FirestoreEmulator
 from devstack.functions import ROOT, FunctionServer
 from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
+from devstack.pubsub import PubSubEmulator
 from devstack.simulator import SimulatorProcess
+from devstack.stack import Scheduler
+from devstack.storage import StorageEmulator
 from shared import firestore_rest
-from shared.sketch import CreateSketchRequest, Sketch, new_sketch_id, utcnow
+from shared.google_api import GoogleApi
+from shared.pubsub_rest import PubSub
+from shared.sketch import CreateSketchRequest, Sketch, Stage, Status, new_sketch_id, utcnow
 from shared.sketch_store import SketchStore
-from shared.webhook_tokens import webhook_url
+from shared.steps import Step
+from shared.storage_rest import CHUNK_BYTES
+from shared.tokens import sweep_token, webhook_url
+from shared.topology import DEAD_LETTER_SUBSCRIPTION, STEP_ACTION, SUBSCRIPTION, TOPIC
 
-PROJECT = "sketch-machine-bench"
 API_KEY = "bench-novita-key"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
+BUCKET = "sketch-machine-bench-media"
+COLLECTION = "sketches"
 KLING_PATH = "/v3/async/kling-v2.1-i2v-master"
 BENCH = ROOT / "bench"
+INSTRUMENT = BENCH / "instrument"
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
-# Requests one instance serves at once (gunicorn threads): deploy.sh's default --concurrency.
+# Requests one instance serves at once (gunicorn threads): deploy.sh's --concurrency.
 INSTANCE_CONCURRENCY = 32
 # Firestore calls made against the emulator before any figure is taken. Its JVM compiles its hot
 # paths over the first few thousand: a sketch's read or write took it 4-6 ms when fresh and 1.2-1.5
 # ms after about 5,000. Firestore itself is no fresh JVM, so the figures are taken on a warm one.
 EMULATOR_WARMUP_OPS = 6000
+# Then rounds of this many more, at most WARMUP_MORE_ROUNDS, until a read costs the emulator no
+# less CPU than after the round before: 6,000 calls from 4 threads left a read at 3-4 ms of its
+# CPU here, 2,100 more at 1.5 ms.
+WARMUP_ROUND_OPS = 1500
+WARMUP_MORE_ROUNDS = 6
+WARMUP_PROBE_READS = 200
+# The simulator as the figures that deliver their own webhooks want it: tasks are accepted and
+# answered, produce no media and send no webhook, so that its own work stays out of the figures.
+QUIET = {
+    "personality": "guide",
+    "drop_webhooks": True,
+    "image_delay": 0.0,
+    "video_delay": 0.0,
+    "seedream_delay": 0.0,
+    "task_result_delay": 0.0,
+    "kling_accept_delay": 0.0,
+    "fail_tasks": {"txt2img": 10**9, "kling": 10**9},
+    "http_errors": {},
+    "accept_then_drop_response": {},
+    "balance_exhausted": False,
+    "deliveries": 1,
+    "concurrent_deliveries": False,
+    "image_mode": "normal",
+}
 
 
-def function_server(
-    target: str,
-    env: dict[str, str],
-    log_dir: Path,
-    *,
-    port: int | None = None,
-    source: Path | None = None,
-    pythonpath: Sequence[Path] = (),
-) -> FunctionServer:
-    """A function process whose log is named after its source folder and port."""
-    port = port or free_port()
-    folder = source.parent.name if source is not None else target
-    return FunctionServer(
-        target, env, log_dir / f"{folder}-{port}.log", port=port, source=source, pythonpath=pythonpath
-    )
+class Deployment:
+    """Both functions of one Google Cloud project, wired to the shared emulators and simulator, with
+    the steps' topics and push subscriptions made for its webhook (devstack's own topology)."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        name: str,
+        *,
+        env: dict[str, str] | None = None,
+        trace: Path | None = None,
+        create: bool = True,
+        create_env: dict[str, str] | None = None,
+        webhook_source: Path | None = None,
+    ) -> None:
+        self.stack = stack
+        self.name = name
+        self.project = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+        port = free_port()
+        self.trace = trace
+        self.env = {
+            "NOVITA_API_KEY": API_KEY,
+            "NOVITA_BASE_URL": stack.simulator.url,
+            "WEBHOOK_URL": f"http://{LOOPBACK}:{port}/",
+            "WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "FIRESTORE_EMULATOR_HOST": stack.firestore.host,
+            "PUBSUB_EMULATOR_HOST": stack.pubsub.host,
+            "STORAGE_EMULATOR_HOST": stack.storage.url,
+            "MEDIA_BUCKET": BUCKET,
+            "MEDIA_URL_POLICY": "any",
+            "AUTH_MODE": "none",
+            "THREADS": str(INSTANCE_CONCURRENCY),
+            **(env or {}),
+        }
+        extra_path: list[Path] = []
+        if trace is not None:
+            trace.unlink(missing_ok=True)  # this deployment's lines only
+            self.env["BENCH_TRACE"] = str(trace)
+            extra_path.append(INSTRUMENT)
+        logs = stack.log_dir / name
+        self.webhook = FunctionServer(
+            "novita_webhook",
+            self.env,
+            logs / f"novita_webhook-{port}.log",
+            port=port,
+            source=webhook_source,
+            pythonpath=extra_path,
+        )
+        self.create: FunctionServer | None = None
+        if create:
+            create_port = free_port()
+            self.create = FunctionServer(
+                "create_sketch",
+                {**self.env, **(create_env or {})},
+                logs / f"create_sketch-{create_port}.log",
+                port=create_port,
+                pythonpath=extra_path,
+            )
+        self.http = httpx.Client(timeout=HTTP_TIMEOUT)
+        self.db = firestore_rest.Firestore(GoogleApi(self.http), self.project, base_url=stack.firestore.url)
+        self.store = SketchStore(self.db, COLLECTION)
+        self.scheduler: Scheduler | None = None
+
+    def start(self, *, sweep_every: float | None = None) -> Deployment:
+        self.stack.pubsub.create_topology(self.project, self.env["WEBHOOK_URL"])
+        self.webhook.start()
+        if self.create is not None:
+            self.create.start()
+        if sweep_every is not None:
+            self.scheduler = Scheduler(self.env["WEBHOOK_URL"], WEBHOOK_SECRET, sweep_every).start()
+        return self
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+        if self.create is not None:
+            self.create.stop()
+        self.webhook.stop()
+        self.purge()
+        self.http.close()
+
+    def purge(self) -> None:
+        """Drop every step still queued for this deployment."""
+        self.stack.pubsub.purge(self.project, SUBSCRIPTION, DEAD_LETTER_SUBSCRIPTION)
+
+    # ------------------------------------------------------------------------------ sketches
+
+    def create_sketch(self, prompt: str, client: httpx.Client | None = None) -> dict[str, Any]:
+        assert self.create is not None
+        response = (client or self.http).post(self.create.url, json={"prompt": prompt})
+        if response.status_code != 202:
+            raise RuntimeError(f"create_sketch answered {response.status_code}: {response.text[:300]}")
+        return dict(response.json())
+
+    def put_sketch(self, prompt: str, status: Status, **fields: Any) -> Sketch:
+        """Write a sketch straight into Firestore, as the functions would have left it."""
+        now = utcnow()
+        sketch = Sketch.new(
+            new_sketch_id(),
+            CreateSketchRequest(prompt=prompt),
+            now,
+            None,
+            now + timedelta(hours=1),  # no recovery look is due while the bench works on it
+            "task",
+        )
+        known = {"status": status, "submission_unknown": None, "submission_unknown_since": None}
+        return self.store.create(sketch.model_copy(update={**known, **fields}))
+
+    def image_complete(self, prompt: str, image_url: str) -> Sketch:
+        """A sketch whose still is made, waiting for its chain step."""
+        expires = utcnow() + timedelta(hours=1)
+        return self.put_sketch(
+            prompt,
+            Status.IMAGE_COMPLETE,
+            image_task_id=f"bench-image-{uuid.uuid4().hex[:12]}",
+            image_url=image_url,
+            image_url_expires_at=expires,
+            novita_image_url=image_url,
+            novita_image_url_expires_at=expires,
+            progress=30,
+        )
+
+    def video_ready(self, prompt: str, video_url: str, still_object: str | None = None) -> Sketch:
+        """A sketch whose video is made, waiting for its copy step."""
+        expires = utcnow() + timedelta(hours=1)
+        return self.put_sketch(
+            prompt,
+            Status.VIDEO_PENDING,
+            image_task_id=f"bench-image-{uuid.uuid4().hex[:12]}",
+            video_task_id=f"bench-video-{uuid.uuid4().hex[:12]}",
+            image_object=still_object,
+            novita_video_url=video_url,
+            novita_video_url_expires_at=expires,
+            progress=90,
+        )
+
+    def sketch(self, sketch_id: str) -> Sketch | None:
+        return self.store.get(sketch_id)
+
+    def count(self, status: str) -> int:
+        """Sketches of this deployment in `status` (Firestore's count aggregation)."""
+        url = f"{self.stack.firestore.url}/v1/projects/{self.project}/databases/(default)/documents"
+        where = {"field": {"fieldPath": "status"}, "op": "EQUAL", "value": {"stringValue": status}}
+        query = {"from": [{"collectionId": COLLECTION}], "where": {"fieldFilter": where}}
+        aggregations = [{"alias": "n", "count": {}}]
+        body = {"structuredAggregationQuery": {"structuredQuery": query, "aggregations": aggregations}}
+        answer = self.http.post(
+            f"{url}:runAggregationQuery", json=body, headers={"Authorization": "Bearer owner"}
+        )
+        answer.raise_for_status()
+        return int(answer.json()[0]["result"]["aggregateFields"]["n"]["integerValue"])
+
+    # ------------------------------------------------------------------------------- requests
+
+    def push_body(self, step: Step) -> bytes:
+        """The body Pub/Sub's push subscription would send for `step`."""
+        message = step.message(WEBHOOK_SECRET)
+        return json.dumps(
+            {
+                "message": {
+                    "data": base64.b64encode(message.data).decode("ascii"),
+                    "attributes": dict(message.attributes),
+                    "messageId": uuid.uuid4().hex,
+                },
+                "subscription": f"projects/{self.project}/subscriptions/{SUBSCRIPTION}",
+            }
+        ).encode()
+
+    def push(
+        self,
+        step: Step,
+        client: httpx.Client | None = None,
+        headers: dict[str, str] | None = None,
+        url: str | None = None,
+    ) -> tuple[float, httpx.Response]:
+        """POST `step` straight to `?action=step`, as Pub/Sub pushes it: seconds to the answer, and it."""
+        body = self.push_body(step)
+        target = f"{url or self.webhook.url}?action={STEP_ACTION}"
+        t0 = time.perf_counter()
+        response = (client or self.http).post(
+            target, content=body, headers={"Content-Type": "application/json", **(headers or {})}
+        )
+        return time.perf_counter() - t0, response
+
+    def publish(self, step: Step) -> None:
+        """Publish `step` to the topic, as the functions do."""
+        PubSub(GoogleApi(self.http), self.project, base_url=self.stack.pubsub.url).publish(
+            TOPIC, [step.message(WEBHOOK_SECRET)]
+        )
+
+    def webhook_url(self, sketch_id: str, stage: Stage = "image") -> str:
+        return webhook_url(self.webhook.url, WEBHOOK_SECRET, sketch_id, stage)
+
+    def deliver(
+        self, sketch_id: str, event: dict[str, Any], client: httpx.Client | None = None
+    ) -> tuple[float, httpx.Response]:
+        body = json.dumps(event).encode()
+        url = self.webhook_url(sketch_id)
+        t0 = time.perf_counter()
+        response = (client or self.http).post(url, content=body, headers={"Content-Type": "application/json"})
+        return time.perf_counter() - t0, response
+
+    def sweep(self, client: httpx.Client | None = None) -> httpx.Response:
+        return (client or self.http).post(
+            self.webhook.url,
+            params={"action": "sweep"},
+            headers={"Authorization": f"Bearer {sweep_token(WEBHOOK_SECRET)}"},
+            timeout=httpx.Timeout(150.0, connect=5.0),
+        )
+
+    def log_lines(
+        self, message: str, sketch_id: str | None = None, server: FunctionServer | None = None
+    ) -> list[dict[str, Any]]:
+        """The JSON log lines of `server` (the webhook by default) whose message starts with
+        `message` (about `sketch_id`)."""
+        lines = []
+        for raw in (server or self.webhook).log_path.read_text(errors="replace").splitlines():
+            if not raw.startswith("{"):
+                continue
+            line = json.loads(raw)
+            if str(line.get("message")).startswith(message) and sketch_id in (None, line.get("sketch_id")):
+                lines.append(line)
+        return lines
 
 
 class Stack:
     def __init__(self, log_dir: Path, media_dir: Path) -> None:
         self.log_dir = log_dir
         self.media_dir = media_dir
-        self.emulator = FirestoreEmulator(log_dir / "firestore-emulator.log")
+        self.firestore = FirestoreEmulator(log_dir / "firestore-emulator.log")
+        self.pubsub = PubSubEmulator(log_dir / "pubsub-emulator.log")
+        self.storage = StorageEmulator(log_dir / "storage-emulator.log", BUCKET)
         self.simulator = SimulatorProcess(API_KEY, log_dir / "novita-simulator.log")
-        self.sim_url = self.simulator.url
         self.media_port = free_port()
         self.media_url = f"http://{LOOPBACK}:{self.media_port}"
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self.create: FunctionServer | None = None
-        self.webhook: FunctionServer | None = None
-        self.db: firestore.Client | None = None
+        self._media: subprocess.Popen[bytes] | None = None
+        self._deployments: list[Deployment] = []
 
     # ----------------------------------------------------------------------------- processes
 
-    def env(self, webhook_port: int) -> dict[str, str]:
-        return {
-            "NOVITA_API_KEY": API_KEY,
-            "NOVITA_BASE_URL": self.sim_url,
-            "WEBHOOK_URL": f"http://{LOOPBACK}:{webhook_port}/",
-            "WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "GOOGLE_CLOUD_PROJECT": PROJECT,
-            "FIRESTORE_EMULATOR_HOST": self.emulator.host,
-            "MEDIA_URL_POLICY": "any",
-            "AUTH_MODE": "none",
-            "THREADS": str(INSTANCE_CONCURRENCY),
-        }
-
     def start(self) -> Stack:
-        self.emulator.start()
-        os.environ["FIRESTORE_EMULATOR_HOST"] = self.emulator.host
-        os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with ThreadPoolExecutor(3) as pool:  # the JVMs take seconds each to come up
+            list(pool.map(lambda p: p.start(), (self.firestore, self.pubsub, self.storage)))
         self.simulator.start()
-        media = start(
-            [
-                sys.executable,
-                "-m",
-                "bench.media_server",
-                "--port",
-                str(self.media_port),
-                "--dir",
-                str(self.media_dir),
-            ],
-            env=env,
-            log_path=self.log_dir / "media-server.log",
-            cwd=ROOT,
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        cmd = [sys.executable, "-m", "bench.media_server", "--port", str(self.media_port)]
+        self._media = start(
+            [*cmd, "--dir", str(self.media_dir)], env=env, log_path=self.log_dir / "media-host.log", cwd=ROOT
         )
-        self._procs.append(media)
-        wait_until(answers(f"{self.media_url}/"), 30, "media server", media)
-        self.db = firestore.Client(project=PROJECT)
-        webhook_port = free_port()
-        self.webhook = function_server(
-            "novita_webhook", self.env(webhook_port), self.log_dir, port=webhook_port
-        ).start()
-        self.create = function_server("create_sketch", self.env(webhook_port), self.log_dir).start()
+        wait_until(answers(f"{self.media_url}/_stats"), 60, "media host", self._media)
         return self
 
-    def warm_emulator(self, operations: int = EMULATOR_WARMUP_OPS, threads: int = 4) -> float:
-        """Create, read and update sketches in a scratch collection through the functions' own store,
-        `operations` Firestore calls in all; the seconds it took."""
+    def stop(self) -> None:
+        for deployment in reversed(self._deployments):
+            deployment.stop()
+        if self._media is not None:
+            stop(self._media)
+        self.simulator.stop()
+        for emulator in (self.storage, self.pubsub, self.firestore):
+            emulator.stop()
+        self.http.close()
+
+    def deploy(self, name: str, *, sweep_every: float | None = None, **options: Any) -> Deployment:
+        deployment = Deployment(self, name, **options)
+        self._deployments.append(deployment)
+        return deployment.start(sweep_every=sweep_every)
+
+    def retire(self, deployment: Deployment) -> None:
+        deployment.stop()
+        self._deployments.remove(deployment)
+
+    def pids(self) -> dict[str, int]:
+        """The stack's long-running processes, by name."""
+        pids = {
+            "Firestore emulator": self.firestore.pid,
+            "Pub/Sub emulator": self.pubsub.pid,
+            "Storage emulator": self.storage.pid,
+            "Novita simulator": self.simulator.pid,
+            "media host": self._media.pid if self._media else None,
+        }
+        return {name: pid for name, pid in pids.items() if pid}
+
+    def warm_emulator(
+        self, operations: int = EMULATOR_WARMUP_OPS, threads: int = 4
+    ) -> tuple[float, list[float]]:
+        """Create, read and update sketches in a scratch project through the functions' own store,
+        `operations` Firestore calls in all, then more in rounds until a read's CPU cost in the
+        emulator stops falling (its JIT goes on compiling well past the first rounds). The seconds
+        it took, and the emulator's CPU per read after each round."""
         started = time.monotonic()
         request = CreateSketchRequest(prompt="bench emulator warm-up")
 
         def work(count: int) -> None:
-            with httpx.Client(timeout=firestore_rest.TIMEOUT) as http:
-                store = SketchStore(
-                    firestore_rest.Firestore(http, PROJECT, base_url=self.emulator.url), "bench_warmup"
-                )
+            with httpx.Client(timeout=HTTP_TIMEOUT) as http:
+                db = firestore_rest.Firestore(GoogleApi(http), "bench-warmup", base_url=self.firestore.url)
+                store = SketchStore(db, COLLECTION)
                 for _ in range(count):
-                    sketch = store.create(Sketch.new(new_sketch_id(), request, utcnow(), None, utcnow()))
+                    now = utcnow()
+                    sketch = store.create(Sketch.new(new_sketch_id(), request, now, None, now, "task"))
                     read = store.get(sketch.id)
-                    store.mutate(
-                        sketch.id,
-                        lambda s: {"image_task_id": "warm-up", "chain_lease_owner": "bench"},
-                        known=read,
-                    )
+                    store.mutate(sketch.id, lambda s: {"image_task_id": "warm-up"}, known=read)
+
+        def read_cost() -> float:
+            with httpx.Client(timeout=HTTP_TIMEOUT) as http:
+                db = firestore_rest.Firestore(GoogleApi(http), "bench-warmup", base_url=self.firestore.url)
+                store = SketchStore(db, COLLECTION)
+                now = utcnow()
+                sketch = store.create(Sketch.new(new_sketch_id(), request, now, None, now, "task"))
+                assert self.firestore.pid is not None
+                cpu0 = cpu_seconds(self.firestore.pid)
+                for _ in range(WARMUP_PROBE_READS):
+                    store.get(sketch.id)
+                return (cpu_seconds(self.firestore.pid) - cpu0) / WARMUP_PROBE_READS
 
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(work, [operations // (3 * threads)] * threads))
-        return time.monotonic() - started
-
-    def stop(self) -> None:
-        for fn in (self.create, self.webhook):
-            if fn is not None:
-                fn.stop()
-        for proc in reversed(self._procs):
-            stop(proc)
-        self.simulator.stop()
-        self.emulator.stop()
-        self.http.close()
-
-    def pids(self) -> dict[str, int]:
-        """The stack's long-running processes (the webhook as its serving worker)."""
-        assert self.simulator.pid is not None
-        pids = {"Novita simulator": self.simulator.pid, "media host": self._procs[0].pid}
-        emulator = getattr(self.emulator, "_proc", None)
-        if emulator is not None:
-            pids["Firestore emulator"] = emulator.pid
-        if self.webhook is not None:
-            pids["webhook"] = self.webhook.worker_pid()
-        return pids
+        costs = [read_cost()]
+        while len(costs) <= WARMUP_MORE_ROUNDS:
+            work(WARMUP_ROUND_OPS // 3)
+            costs.append(read_cost())
+            if costs[-1] >= 0.85 * costs[-2]:  # no longer falling
+                break
+        return time.monotonic() - started, costs
 
     # ----------------------------------------------------------------------------- simulator
 
     def configure(self, **changes: Any) -> None:
-        self.http.post(f"{self.sim_url}/_sim/config", json=changes).raise_for_status()
+        self.http.post(f"{self.simulator.url}/_sim/config", json=changes).raise_for_status()
+
+    def quiet(self, **changes: Any) -> None:
+        self.configure(**{**QUIET, **changes})
 
     def sim_stats(self) -> dict[str, Any]:
-        return dict(self.http.get(f"{self.sim_url}/_sim/stats").json())
+        return dict(self.http.get(f"{self.simulator.url}/_sim/stats").json())
 
-    def wait_sim_idle(self, timeout: float = 30.0) -> None:
+    def wait_sim_idle(self, timeout: float = 60.0) -> None:
         wait_until(lambda: self.sim_stats()["pending"] == 0, timeout, "simulator idle")
 
-    def quiet_simulator(self) -> None:
-        """Tasks are accepted and answered, but produce no media and send no webhook: the bench
-        delivers the webhooks itself, and the simulator's own work stays out of the figures."""
-        self.configure(
-            drop_webhooks=True,
-            image_delay=0.0,
-            video_delay=0.0,
-            fail_tasks={"txt2img": 10**9, "kling": 10**9},
-            http_errors={},
-            deliveries=1,
+    # ---------------------------------------------------------------------------- media host
+
+    def media(self, name: str, rate: int | None = None) -> str:
+        """The media host's URL of `name`; with `rate`, served at that many bytes per second."""
+        return f"{self.media_url}/{name}" + (f"?rate={rate}" if rate else "")
+
+    def media_stats(self) -> dict[str, Any]:
+        return dict(self.http.get(f"{self.media_url}/_stats").json())
+
+    def wait_media_idle(self, timeout: float = 120.0) -> None:
+        wait_until(lambda: self.media_stats()["active"] == 0, timeout, "media host idle")
+
+    # ------------------------------------------------------------------------- Cloud Storage
+
+    def upload(self, client: httpx.Client, name: str, data: bytes, content_type: str) -> None:
+        """Plain httpx: a resumable upload of `data` to the emulator in the project's chunks."""
+        started = client.post(
+            f"{self.storage.url}/upload/storage/v1/b/{BUCKET}/o",
+            params={"uploadType": "resumable", "name": name, "ifGenerationMatch": "0"},
+            headers={"X-Upload-Content-Type": content_type},
+            json={"contentType": content_type, "metadata": {"sketch_id": "bench"}},
         )
+        started.raise_for_status()
+        session = started.headers["Location"]
+        offset = 0
+        # The project's chunks: all but the last exactly CHUNK_BYTES, the last with the total.
+        while len(data) - offset > CHUNK_BYTES:
+            end = offset + CHUNK_BYTES - 1
+            answer = client.put(
+                session, content=data[offset : end + 1], headers={"Content-Range": f"bytes {offset}-{end}/*"}
+            )
+            if answer.status_code != 308:
+                raise RuntimeError(f"chunk answered {answer.status_code}: {answer.text[:200]}")
+            offset = end + 1
+        last = f"bytes {offset}-{len(data) - 1}/{len(data)}"
+        answer = client.put(session, content=data[offset:], headers={"Content-Range": last})
+        if answer.status_code not in (200, 201):
+            raise RuntimeError(f"last chunk answered {answer.status_code}: {answer.text[:200]}")
 
-    def live_simulator(self) -> None:
-        """Novita as it behaves: stills, clips and webhooks, quickly."""
-        self.configure(
-            drop_webhooks=False,
-            image_delay=0.2,
-            video_delay=0.3,
-            fail_tasks={},
-            http_errors={},
-            deliveries=1,
-            image_mode="normal",
-            webhook_retry_backoff=0.2,
-        )
+    def stored_object(self, name: str) -> dict[str, Any] | None:
+        return self.storage.object(name)
 
-    # ------------------------------------------------------------------------------ sketches
+    def delete_object(self, name: str) -> None:
+        from urllib.parse import quote
 
-    def create_sketch(self, prompt: str, create_url: str | None = None) -> dict[str, Any]:
-        assert self.create is not None
-        response = self.http.post(create_url or self.create.url, json={"prompt": prompt})
-        if response.status_code != 202:
-            raise RuntimeError(f"create_sketch answered {response.status_code}: {response.text[:300]}")
-        return dict(response.json())
-
-    def stored(self, sketch_id: str) -> dict[str, Any] | None:
-        assert self.db is not None
-        snapshot = self.db.collection("sketches").document(sketch_id).get()
-        return snapshot.to_dict() if snapshot.exists else None
-
-    def statuses(self, sketch_ids: list[str]) -> dict[str, str | None]:
-        assert self.db is not None
-        refs = [self.db.collection("sketches").document(i) for i in sketch_ids]
-        found = {s.id: (s.to_dict() or {}).get("status") for s in self.db.get_all(refs) if s.exists}
-        return {i: found.get(i) for i in sketch_ids}
-
-    def webhook_url(self, base: str, sketch_id: str, stage: str = "image") -> str:
-        return webhook_url(base, WEBHOOK_SECRET, sketch_id, stage)  # type: ignore[arg-type]
-
-    def media(self, name: str) -> str:
-        return f"{self.media_url}/{name}"
+        self.http.delete(f"{self.storage.url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}")
 
 
 def image_success(task_id: str, image_url: str) -> dict[str, Any]:
@@ -237,6 +480,17 @@ def image_success(task_id: str, image_url: str) -> dict[str, Any]:
             },
             "extra": {"images": [{"image_url": image_url, "image_type": "jpeg", "image_url_ttl": 3600}]},
         },
+    }
+
+
+def kling_fields(sketch: Sketch, video_webhook: str) -> dict[str, str]:
+    """The Kling form fields the project sends in the guide's form (shared/novita_client.py)."""
+    return {
+        "prompt": sketch.video_prompt,
+        "negative_prompt": sketch.negative_prompt,
+        "duration": str(sketch.duration),
+        "cfg_scale": "0.5",
+        "extra": json.dumps({"webhook": {"url": video_webhook}}),
     }
 
 

@@ -1,4 +1,5 @@
-"""The stills the benchmark serves: one just under 10 MB, one of the size Novita usually makes."""
+"""The media the benchmark serves: a still just under 10 MB, one of the size Novita usually makes,
+and a 50 MB video."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ BIG_SIZE = (2160, 3840)  # a 4K portrait: mostly real scan data, not padding
 MAX_COMMENT = 65533
 BIG_NAME = "big.jpg"
 TYPICAL_NAME = "typical.jpg"
+VIDEO_NAME = "video.mp4"
+VIDEO_BYTES = 50_000_000
 
 
 def _jpeg(picture: Image.Image, quality: int) -> bytes:
@@ -60,10 +63,16 @@ def typical_still() -> bytes:
     return make_still("a walrus giving a TED talk about spoons", 720, 1280, "normal").data
 
 
-def write_stills(folder: Path) -> dict[str, int]:
+def video(size: int = VIDEO_BYTES) -> bytes:
+    """A video's worth of bytes: an MP4 `ftyp` box, then noise (the copy step streams it unread)."""
+    head = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
+    return head + random.Random(20240602).randbytes(size - len(head))
+
+
+def write_media(folder: Path) -> dict[str, int]:
     folder.mkdir(parents=True, exist_ok=True)
     sizes = {}
-    for name, data in ((BIG_NAME, big_still()), (TYPICAL_NAME, typical_still())):
+    for name, data in ((BIG_NAME, big_still()), (TYPICAL_NAME, typical_still()), (VIDEO_NAME, video())):
         (folder / name).write_bytes(data)
         sizes[name] = len(data)
     return sizes

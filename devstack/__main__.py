@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import signal
 import sys
@@ -54,6 +55,12 @@ def _save(http: httpx.Client, url: str, path: Path) -> Path:
     return path
 
 
+def _firestore(stack: LocalStack) -> firestore.Client:
+    """A client of the stack's Firestore emulator, for this process (the local run's own)."""
+    os.environ["FIRESTORE_EMULATOR_HOST"] = stack.firestore.host
+    return firestore.Client(project=PROJECT)
+
+
 def _line(sketch: dict[str, Any]) -> str:
     eta = f", about {sketch['eta_seconds']} s left" if sketch.get("eta_seconds") else ""
     return f"sketch {sketch['id']}: {sketch['status']:<14} {sketch.get('progress', 0):>3}%{eta}"
@@ -66,7 +73,7 @@ def _follow(
     on timeout. A Firestore listener sees every write, even a state that lasts milliseconds; a GET
     every second as well, as a frontend polls, keeps recovery going."""
     changes: queue.Queue[dict[str, Any]] = queue.Queue()
-    db = firestore.Client(project=PROJECT)
+    db = _firestore(stack)
     collection = stack.env.get("SKETCHES_COLLECTION", "sketches")
     watch = (
         db.collection(collection)
@@ -132,7 +139,7 @@ def _show_durable(
     stack: LocalStack, http: httpx.Client, sketch: dict[str, Any], folder: Path, started: float
 ) -> None:
     """Wait until Novita's own link to the video has expired, then fetch both copies from the bucket."""
-    stored = firestore.Client(project=PROJECT).collection(stack.env.get("SKETCHES_COLLECTION", "sketches"))
+    stored = _firestore(stack).collection(stack.env.get("SKETCHES_COLLECTION", "sketches"))
     document = stored.document(sketch["id"]).get().to_dict() or {}
     novita_link, expires = document.get("novita_video_url"), document.get("novita_video_url_expires_at")
     if novita_link and expires is not None:

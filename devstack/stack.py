@@ -162,8 +162,6 @@ def local_stack(
         stack.callback(scheduler.stop)
         playground = Playground(create.url).start()
         stack.callback(playground.stop)
-        # This process reads the sketches in the same emulator.
-        os.environ["FIRESTORE_EMULATOR_HOST"] = firestore.host
         pids = [p for p in (firestore.pid, pubsub.pid, storage.pid, webhook.pid, create.pid) if p]
         if simulator is not None and simulator.pid:
             pids.append(simulator.pid)

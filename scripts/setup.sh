@@ -12,7 +12,7 @@ need() { command -v "$1" >/dev/null 2>&1; }
 
 need python3 || { echo "setup: python3 (3.11 or newer) is required" >&2; exit 1; }
 if ! need java; then
-  echo "setup: installing Java 17 for the Firestore emulator" >&2
+  echo "setup: installing Java 17 for the Firestore and Pub/Sub emulators" >&2
   apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null
 fi
 
@@ -30,16 +30,19 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "setup: chromium not installed; tests/test_playground.py will fail" >&2
 fi
 
+# Google's Firestore and Pub/Sub emulators come with the Cloud SDK's Debian packages.
 sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)
-jar="${sdk_root:-/usr/lib/google-cloud-sdk}/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
-if [ ! -f "$jar" ] && [ ! -f /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar ]; then
-  echo "setup: installing the Firestore emulator (google-cloud-cli-firestore-emulator)" >&2
-  { apt-get update -qq && apt-get install -y -qq google-cloud-cli-firestore-emulator >/dev/null; } || {
-    echo "setup: the Firestore emulator is missing and could not be installed;" >&2
-    echo "       install the Debian package google-cloud-cli-firestore-emulator" >&2
+sdk_root=${sdk_root:-/usr/lib/google-cloud-sdk}
+emulator() { # $1: a file of the emulator under the SDK's root (a glob), $2: its Debian package
+  compgen -G "$sdk_root/$1" >/dev/null && return 0
+  echo "setup: installing $2" >&2
+  { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; } || {
+    echo "setup: $2 is missing and could not be installed; install that Debian package" >&2
     exit 1
   }
-fi
+}
+emulator "platform/cloud-firestore-emulator/cloud-firestore-emulator.jar" google-cloud-cli-firestore-emulator
+emulator "platform/pubsub-emulator/lib/cloud-pubsub-emulator-*.jar" google-cloud-cli-pubsub-emulator
 
 # Reinstall only when the requirements change.
 stamp="$VENV/.requirements.sha256"

@@ -1,1 +1,1 @@
-"""The sketch machine's shared library: configuration, models, Novita client, store and pipeline."""
+"""The sketch machine's shared library: configuration, models, the Novita client, the stores and the steps."""

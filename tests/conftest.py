@@ -8,6 +8,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,6 @@ class Stack:
     ) -> None:
         self.personality = personality
         self.sweep_every = sweep_every
-        self.scheduler: Scheduler | None = None
         self.emulator = emulator
         self.pubsub = pubsub
         self.storage = storage
@@ -162,10 +162,22 @@ class Stack:
         self.pubsub.create_topology(self.project, self.env["WEBHOOK_URL"])
         self.webhook.start()
         self.create.start()
-        if self.sweep_every is not None:
-            # Recovery is always on where the project is deployed (Cloud Scheduler runs the sweep).
-            self.scheduler = Scheduler(self.env["WEBHOOK_URL"], WEBHOOK_SECRET, self.sweep_every).start()
         return self
+
+    @contextmanager
+    def scheduled(self) -> Iterator[Stack]:
+        """The stack, with the recovery sweep on its schedule while in use, as Cloud Scheduler runs
+        it where the project is deployed (`sweep_every`; none if the stack has no schedule)."""
+        scheduler = (
+            Scheduler(self.env["WEBHOOK_URL"], WEBHOOK_SECRET, self.sweep_every).start()
+            if self.sweep_every is not None
+            else None
+        )
+        try:
+            yield self
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
 
     def clean(self) -> Stack:
         """An empty Firestore, no step left in the queue, and a simulator back at its fast
@@ -178,8 +190,6 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.stop()
         self.create.stop()
         self.webhook.stop()
         self.http.close()
@@ -328,7 +338,8 @@ def either_stack(
 ) -> Iterator[Stack]:
     """The default stack, once against each of the simulator's personalities."""
     chosen = default_stack if request.param == "guide" else reference_stack
-    yield chosen.clean()
+    with chosen.clean().scheduled():
+        yield chosen
     chosen.simulator.wait_idle(10)
 
 

@@ -356,7 +356,9 @@ def test_with_emulators_named_the_emulators_are_asked_without_the_instance_token
 @pytest.mark.parametrize("function", ["create_sketch", "novita_webhook"])
 def test_the_functions_leave_the_google_sdks_out_of_their_cold_start(function: str) -> None:
     code = (
-        "import sys, main; from shared.runtime import get_runtime; get_runtime(); "
+        # Loaded as functions-framework loads it (main.py runs inside the app's context).
+        f"import sys, functions_framework; functions_framework.create_app({function!r}, 'main.py'); "
+        "from shared.runtime import get_runtime; get_runtime(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'grpc' or m.startswith(("
         "'google.cloud.firestore', 'google.cloud.pubsub', 'google.cloud.storage', "
         "'google.api_core', 'google.protobuf'))))"

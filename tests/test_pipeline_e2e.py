@@ -294,11 +294,11 @@ def test_seedream_refusal_fails_the_sketch_with_the_reason(reference_stack: Stac
 
 
 def test_seedream_out_of_reach_is_tried_again_through_the_queue(reference_stack: Stack) -> None:
-    stack = reference_stack.clean()
-    stack.simulator.configure(http_errors={"seedream": [503, 502]})
+    with reference_stack.clean().scheduled() as stack:
+        stack.simulator.configure(http_errors={"seedream": [503, 502]})
 
-    sketch = stack.create_sketch()
-    done = stack.wait_for_status(sketch["id"], "complete", timeout=40)
+        sketch = stack.create_sketch()
+        done = stack.wait_for_status(sketch["id"], "complete", timeout=40)
 
     assert done.error_message is None
     assert (
