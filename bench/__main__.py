@@ -362,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=1000, help="sketches in the backlog (1000)")
     parser.add_argument("--sweep-every", type=float, default=3.0, help="seconds between sweeps' starts (3)")
     parser.add_argument(
+        "--recovery-interval",
+        type=float,
+        default=60.0,
+        help="the backlog's RECOVERY_INTERVAL_SECONDS (60, the functions' default; the local stack uses 3)",
+    )
+    parser.add_argument(
         "--backlog-timeout", type=float, default=420.0, help="give the drain up after (420 s)"
     )
     parser.add_argument(

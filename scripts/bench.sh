@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The benchmark: starts the real stack (Firestore emulator, Novita simulator, functions-framework)
-# on loopback and prints each figure beside its limit measured in the same run.
-#   scripts/bench.sh [--runs N] [--check] [--profile-chains N] [--firestore-sketches N]
-# Reports and exits 0; with --check, exits 1 when a goal is missed.
+# The benchmark: starts the real stack on loopback (the Firestore, Pub/Sub and Cloud Storage
+# emulators, the Novita simulator, a media host, both functions under functions-framework) and
+# prints each figure beside its limit measured in the same run.
+#   scripts/bench.sh [--runs N] [--check] [--only SECTION,...] [--skip SECTION,...] [--help]
+# Sections: cold delivery chain load copy e2e firestore backlog hostile profile (all by default).
+# Reports and exits 0; with --check, exits 1 when a goal is missed. Logs and traces: out/bench/.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/setup.sh

@@ -77,6 +77,7 @@ from shared.topology import STEP_DEADLINE_SECONDS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Connect, write and read timeouts of a Kling request: the lease must still run this long when it is sent.
 KLING_REQUEST_BUDGET = timedelta(seconds=95)
@@ -474,54 +475,20 @@ class Worker:
 
     def _fetch_still(self, sketch: Sketch, owner: str, deadline: Deadline) -> tuple[Sketch, Still] | None:
         """The still, checked; None if it was refused for good (the sketch is then failed)."""
-        if _expired(sketch.novita_image_url_expires_at):
-            sketch = self._fresh_still_url(sketch, owner, deadline)
-        for attempt in (1, 2):
-            assert sketch.novita_image_url is not None
-            try:
-                data = fetch_media(
-                    sketch.novita_image_url,
+
+        def fetch(s: Sketch) -> Still:
+            assert s.novita_image_url is not None
+            return inspect_still(
+                fetch_media(
+                    s.novita_image_url,
                     policy=self._settings.media_url_policy,
                     client=self._media_http,
                     deadline=deadline,
                     resolve=self._resolve,
                 )
-                return sketch, inspect_still(data)
-            except MediaRejected as exc:
-                self._finish(sketch.id, owner, fail_changes(f"the still was refused: {exc}"))
-                log.warning("still refused: %s", exc)
-                return None
-            except MediaExpired as exc:
-                if attempt == 2:
-                    self._release(sketch.id, owner)
-                    raise RetryLater(f"the still's URL keeps expiring: {exc}") from exc
-                sketch = self._fresh_still_url(sketch, owner, deadline)
-            except MediaUnavailable as exc:
-                self._release(sketch.id, owner)
-                raise RetryLater(f"the still could not be downloaded: {exc}") from exc
-        raise AssertionError("unreachable")
-
-    def _fresh_still_url(self, sketch: Sketch, owner: str, deadline: Deadline) -> Sketch:
-        """The sketch with a new link to its still, from task-result."""
-        if sketch.image_task_id is None:
-            # Seedream's synchronous answer has no task to ask again.
-            self._finish(
-                sketch.id, owner, fail_changes("the still's link expired before it could be fetched")
             )
-            raise RetryLater("the still's link expired and cannot be renewed")
-        result = self._fresh(sketch, owner, sketch.image_task_id, deadline)
-        if not result.images:
-            self._release(sketch.id, owner)
-            raise RetryLater("task-result returned no image for a finished image task")
-        image = result.images[0]
-        link_expires = expires_at(utcnow(), image.image_url_ttl)
-        changes: Changes = {"novita_image_url": image.image_url, "novita_image_url_expires_at": link_expires}
-        if sketch.image_object is None:
-            changes |= {"image_url": image.image_url, "image_url_expires_at": link_expires}
-        renewed = self._finish(sketch.id, owner, changes)
-        if renewed is None:
-            raise RetryLater("the step lost its lease while renewing the still's link")
-        return renewed
+
+        return self._from_novita(sketch, owner, "image", deadline, fetch)
 
     def _store_still(self, sketch: Sketch, owner: str, still: Still, deadline: Deadline) -> Sketch | None:
         """Keep the bytes just fetched in the bucket; the sketch then shows the copy."""
@@ -559,38 +526,28 @@ class Worker:
                 # The bucket was taken out of the configuration after the video was made.
                 self._finish(sketch.id, owner, self._complete(sketch.novita_video_url, None, None))
                 return Outcome.APPLIED
-            if _expired(sketch.novita_video_url_expires_at):
-                sketch = self._fresh_video_url(sketch, owner, deadline)
+            storage, bucket = self._storage, self._settings.media_bucket
             name = f"sketches/{sketch.id}/video.mp4"
-            for attempt in (1, 2):
-                assert sketch.novita_video_url is not None
-                try:
-                    with stream_media(
-                        sketch.novita_video_url,
-                        policy=self._settings.media_url_policy,
-                        client=self._media_http,
-                        deadline=deadline,
-                        max_bytes=MAX_VIDEO_BYTES,
-                        resolve=self._resolve,
-                    ) as chunks:
-                        token = self._upload(sketch, owner, name, chunks, "video/mp4", deadline)
-                    break
-                except MediaRejected as exc:
-                    self._finish(sketch.id, owner, fail_changes(f"the video could not be copied: {exc}"))
-                    log.warning("video refused: %s", exc)
-                    return Outcome.APPLIED
-                except MediaExpired as exc:
-                    if attempt == 2:
-                        self._release(sketch.id, owner)
-                        raise RetryLater(f"the video's URL keeps expiring: {exc}") from exc
-                    sketch = self._fresh_video_url(sketch, owner, deadline)
-                except MediaUnavailable as exc:
-                    self._release(sketch.id, owner)
-                    raise RetryLater(f"the video could not be downloaded: {exc}") from exc
-            if token is None:
+
+            def copy(s: Sketch) -> str | None:
+                assert s.novita_video_url is not None
+                with stream_media(
+                    s.novita_video_url,
+                    policy=self._settings.media_url_policy,
+                    client=self._media_http,
+                    deadline=deadline,
+                    max_bytes=MAX_VIDEO_BYTES,
+                    resolve=self._resolve,
+                ) as chunks:
+                    return self._upload(s, owner, name, chunks, "video/mp4", deadline)
+
+            copied = self._from_novita(sketch, owner, "video", deadline, copy)
+            if copied is None or copied[1] is None:
                 return Outcome.APPLIED
-            url = self._storage.download_url(self._settings.media_bucket, name, token)
-            self._finish(sketch.id, owner, self._complete(url, None, name))
+            token = copied[1]
+            self._finish(
+                sketch.id, owner, self._complete(storage.download_url(bucket, name, token), None, name)
+            )
         log.info("video stored; sketch complete")
         return Outcome.APPLIED
 
@@ -608,28 +565,67 @@ class Worker:
             "recovery_due_at": None,
         }
 
-    def _fresh_video_url(self, sketch: Sketch, owner: str, deadline: Deadline) -> Sketch:
-        assert sketch.video_task_id is not None
-        result = self._fresh(sketch, owner, sketch.video_task_id, deadline)
-        if not result.videos:
-            self._release(sketch.id, owner)
-            raise RetryLater("task-result returned no video for a finished video task")
-        video = result.videos[0]
-        changes: Changes = {
-            "novita_video_url": video.video_url,
-            "novita_video_url_expires_at": expires_at(utcnow(), video.video_url_ttl),
-        }
-        renewed = self._finish(sketch.id, owner, changes)
-        if renewed is None:
-            raise RetryLater("the step lost its lease while renewing the video's link")
-        return renewed
-
-    def _fresh(self, sketch: Sketch, owner: str, task_id: str, deadline: Deadline) -> TaskResult:
+    def _renew_link(self, sketch: Sketch, owner: str, stage: Stage, deadline: Deadline) -> Sketch:
+        """The sketch with a new Novita link to its still or its video, from task-result."""
+        task_id = sketch.task_of(stage)
+        what = "still" if stage == "image" else "video"
+        if task_id is None:
+            # Seedream's synchronous answer has no task to ask again.
+            self._finish(
+                sketch.id, owner, fail_changes(f"the {what}'s link expired before it could be fetched")
+            )
+            raise RetryLater(f"the {what}'s link expired and cannot be renewed")
         try:
-            return self._novita.task_result(task_id, deadline)
+            result = self._novita.task_result(task_id, deadline)
         except (NovitaError, ValidationError) as exc:
             self._release(sketch.id, owner)
-            raise RetryLater(f"a fresh link could not be fetched: {exc}") from exc
+            raise RetryLater(f"a fresh link to the {what} could not be fetched: {exc}") from exc
+        now = utcnow()
+        changes: Changes
+        if stage == "image" and result.images:
+            link, expires = result.images[0].image_url, expires_at(now, result.images[0].image_url_ttl)
+            changes = {"novita_image_url": link, "novita_image_url_expires_at": expires}
+            if sketch.image_object is None:
+                changes |= {"image_url": link, "image_url_expires_at": expires}
+        elif stage == "video" and result.videos:
+            link, expires = result.videos[0].video_url, expires_at(now, result.videos[0].video_url_ttl)
+            changes = {"novita_video_url": link, "novita_video_url_expires_at": expires}
+        else:
+            self._release(sketch.id, owner)
+            raise RetryLater(f"task-result gave no {what} for a finished task")
+        renewed = self._finish(sketch.id, owner, changes)
+        if renewed is None:
+            raise RetryLater(f"the step lost its lease while renewing the {what}'s link")
+        return renewed
+
+    def _from_novita(
+        self, sketch: Sketch, owner: str, stage: Stage, deadline: Deadline, use: Callable[[Sketch], R]
+    ) -> tuple[Sketch, R] | None:
+        """`use` the sketch's Novita link to its still or video. A medium refused for good fails the
+        sketch (None); an expired link is renewed from task-result once; a fault that may pass gives
+        the work back for the next delivery of the step."""
+        what = "still" if stage == "image" else "video"
+        link_expires = (
+            sketch.novita_image_url_expires_at if stage == "image" else sketch.novita_video_url_expires_at
+        )
+        if link_expires is not None and link_expires <= utcnow():
+            sketch = self._renew_link(sketch, owner, stage, deadline)
+        for attempt in (1, 2):
+            try:
+                return sketch, use(sketch)
+            except MediaRejected as exc:
+                self._finish(sketch.id, owner, fail_changes(f"the {what} was refused: {exc}"))
+                log.warning("%s refused: %s", what, exc)
+                return None
+            except MediaExpired as exc:
+                if attempt == 2:
+                    self._release(sketch.id, owner)
+                    raise RetryLater(f"the {what}'s link keeps expiring: {exc}") from exc
+                sketch = self._renew_link(sketch, owner, stage, deadline)
+            except MediaUnavailable as exc:
+                self._release(sketch.id, owner)
+                raise RetryLater(f"the {what} could not be downloaded: {exc}") from exc
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _upload(
         self,
@@ -749,10 +745,6 @@ class Worker:
         return webhook_url(
             self._settings.webhook_url, self._settings.webhook_secret.get_secret_value(), sketch_id, stage
         )
-
-
-def _expired(moment: datetime | None) -> bool:
-    return moment is not None and moment <= utcnow()
 
 
 def _plausible(result: TaskResult, stage: Stage) -> bool:

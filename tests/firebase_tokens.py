@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -95,6 +97,17 @@ def claims(uid: str = "user-a", **changes: Any) -> dict[str, Any]:
         "firebase": {"sign_in_provider": "password"},
     }
     return {k: v for k, v in {**base, **changes}.items() if v is not None}
+
+
+@contextmanager
+def google_certs() -> Iterator[CertServer]:
+    """Google's certificate endpoint on loopback, serving KEY's certificate."""
+    server = CertServer().start()
+    server.certs = {KEY.kid: KEY.cert_pem}
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def bearer(uid: str) -> dict[str, str]:

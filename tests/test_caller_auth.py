@@ -20,7 +20,7 @@ import httpx
 import jwt as pyjwt
 import pytest
 from conftest import LOG_DIR, PROJECT, Stack
-from firebase_tokens import CERTS_MAX_AGE, KEY, OTHER_KEY, CertServer, SigningKey, claims
+from firebase_tokens import CERTS_MAX_AGE, KEY, OTHER_KEY, CertServer, SigningKey, claims, google_certs
 
 from shared.caller_auth import max_age
 
@@ -30,10 +30,8 @@ PROMPT = {"prompt": "a lighthouse knitting a scarf"}
 
 @pytest.fixture(scope="module")
 def certs() -> Iterator[CertServer]:
-    server = CertServer().start()
-    server.certs = {KEY.kid: KEY.cert_pem}
-    yield server
-    server.stop()
+    with google_certs() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

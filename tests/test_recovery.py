@@ -262,6 +262,27 @@ def test_an_expired_still_link_is_renewed_through_task_result(stack: Stack, ttl_
     assert stack.tasks_created("kling") == 1
 
 
+def test_an_expired_video_link_is_renewed_before_the_copy(stack: Stack) -> None:
+    stack.simulator.configure(drop_webhooks=True)
+    sketch = stack.create_sketch()
+    stack.deliver(sketch["id"], stack.finished_event(sketch["image_task_id"]))
+    pending = stack.wait_for_status(sketch["id"], "video_pending")
+    stack.simulator.configure(media_ttl=1)
+    link = stack.finished_event(pending.video_task_id or "")["payload"]["videos"][0]["video_url"]
+    time.sleep(1.3)  # the link has expired
+    stack.simulator.configure(media_ttl=3600)
+    assert httpx.get(link).status_code == 403
+    stack.db.collection(stack.collection).document(sketch["id"]).update(
+        {"novita_video_url": link, "novita_video_url_expires_at": utcnow() - timedelta(seconds=1)}
+    )
+
+    stack.publish(Step(kind=StepKind.COPY, sketch_id=sketch["id"]))
+    done = stack.wait_for_status(sketch["id"], "complete")
+
+    assert done.novita_video_url != link and done.video_object == f"sketches/{sketch['id']}/video.mp4"
+    assert httpx.get(done.video_url or "").status_code == 200
+
+
 # ------------------------------------------------------------------------- leases and crashes
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Stack, record_figure
-from firebase_tokens import KEY, CertServer, bearer
+from firebase_tokens import CertServer, bearer, google_certs
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 PROMPT = {"prompt": "a heron auditing a pond"}
@@ -116,10 +116,8 @@ def test_twenty_concurrent_posts_with_one_key_make_one_sketch(stack: Stack) -> N
 
 @pytest.fixture(scope="module")
 def certs() -> Iterator[CertServer]:
-    server = CertServer().start()
-    server.certs = {KEY.kid: KEY.cert_pem}
-    yield server
-    server.stop()
+    with google_certs() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
