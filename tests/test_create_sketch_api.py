@@ -4,6 +4,7 @@ absent, GET, OPTIONS, methods."""
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -301,3 +302,24 @@ def test_a_refusal_about_the_request_moves_text_to_image_to_seedream_and_is_reme
     stats = stack.simulator.stats()
     assert stats["requests"]["txt2img"] == 1 and stats["seedream_images"] == 2  # the refused first try, once
     assert all(d.image_form == "sync" for d in done)
+
+
+@pytest.mark.parametrize("function", ["create", "webhook"])
+def test_both_functions_refuse_an_announced_300_mib_body_before_it_is_sent(
+    stack: Stack, function: str
+) -> None:
+    """The body guard is installed under each real function, not only under the test's fixture."""
+    server = getattr(stack, function)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /?action=step HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 314572800\r\n\r\n{"
+        )
+        received = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after its answer
+            received += chunk
+        answer = received.decode("latin-1")
+
+    assert answer.startswith("HTTP/1.1 413") and "body_too_large" in answer
+    assert "connection: close" in answer.lower()
+    assert stack.stored_count() == 0
