@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from bench.hot import log_time
+from bench.hot import log_time, parts_by_step, spread_parts
 from bench.measure import TraceTail, busy_union, cpu_seconds, most_at_once, percentile, read_trace, say
 from bench.stack import HTTP_TIMEOUT, Deployment, Stack
 from devstack.stack import LOCAL_DEFAULTS, SWEEP_EVERY_SECONDS
@@ -40,6 +40,11 @@ LIVE: dict[str, Any] = {
 }
 # How often the playground (devstack/playground) asks GET ?id= while a sketch is under way.
 CLIENT_POLL_SECONDS = 1.0
+E2E_SETUP = (
+    f"simulator: image {LIVE['image_delay']:g} s, video {LIVE['video_delay']:g} s, Seedream "
+    f"{LIVE['seedream_delay']:g} s; RECOVERY_INTERVAL_SECONDS={LOCAL_DEFAULTS['RECOVERY_INTERVAL_SECONDS']}, "
+    f"a sweep every {SWEEP_EVERY_SECONDS:g} s, GET ?id= every {CLIENT_POLL_SECONDS:g} s (the local stack)"
+)
 PERSONALITIES = ("guide", "reference")
 CALLS = ("txt2img", "seedream", "kling", "task_result")
 BACKLOG_GOAL = 180.0
@@ -85,7 +90,6 @@ class SketchRun:
     refused: dict[str, int]  # first tries Novita refused for their form, by request
     # The still's arrival (guide: its webhook; reference: Seedream's answer) to the request to Kling.
     to_kling: float | None
-    stages: dict[str, float]
 
 
 @dataclass
@@ -176,7 +180,7 @@ def prompt_to_video(stack: Stack, later: int) -> list[PersonalityResult]:
                 }
                 to_kling, stages = _stages(dep, done, posted, personality)
                 assert done.completed_at is not None
-                run = SketchRun(done.completed_at.timestamp() - posted, calls, refused, to_kling, stages)
+                run = SketchRun(done.completed_at.timestamp() - posted, calls, refused, to_kling)
                 result.runs.append(run)
                 say(
                     f"  {personality} sketch {n + 1}{' (first of the instance)' if n == 0 else ''}: "
@@ -272,7 +276,7 @@ def _drain(
 ) -> None:
     tail = TraceTail(trace)
     tail.new()  # the creates' lines are not the drain's
-    pids = {**stack.pids(), "webhook worker": dep.webhook.worker_pid()}
+    pids = dep.pids()
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     calls0 = stack.sim_stats()["requests"]
     stopping = threading.Event()
@@ -396,6 +400,12 @@ def backlog_breakdown(result: BacklogResult) -> tuple[list[str], dict[str, float
             if waits
             else f"{phase.name} steps: {phase.count}"
         )
+    for kind in ("chain", "copy"):
+        done = [ln for ln in steps if ln["kind"] == kind and ln["outcome"] == "applied"]
+        if done:
+            others = [ln for ln in result.lines if ln["ev"] != "step"]
+            parts = parts_by_step(others + done)
+            lines.append(f"a {kind} step that did the work (ms, median/worst): {spread_parts(parts)}")
     floor = sum(p.total for p in phases) / 2
     lines.append(
         f"Pub/Sub pushes: at most {most_at_once(spans)} at once (the emulator's 2 push loops); a step was "

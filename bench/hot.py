@@ -8,6 +8,7 @@ as the functions sign them), so that the emulator's own push loop is not in thes
 
 from __future__ import annotations
 
+import bisect
 import os
 import statistics
 import threading
@@ -35,6 +36,7 @@ from bench.stack import (
 from bench.stills import BIG_NAME, TYPICAL_NAME, VIDEO_BYTES, VIDEO_NAME
 from devstack.functions import FunctionServer
 from devstack.processes import free_port, wait_until
+from shared.media import inspect_still
 from shared.sketch import Sketch, Status, StepKind
 from shared.steps import Step
 
@@ -208,8 +210,9 @@ def delivery(stack: Stack, runs: int) -> DeliveryResult:
         drain()
         for run in range(runs):
             latencies, head, answered = one_run(DELIVERIES_PER_RUN, str(run))
+            # The step logs that Kling took the still just after it wrote the sketch down.
             wait_until(
-                lambda head=head: (s := dep.sketch(head.id)) is not None and s.status is Status.VIDEO_PENDING,
+                lambda head=head: bool(dep.log_lines("image-to-video task started", head.id)),
                 60,
                 "the first delivery's chain",
             )
@@ -237,7 +240,6 @@ class ChainResult:
     baseline: list[float] = field(default_factory=list)
     idle_kb: list[int] = field(default_factory=list)
     grown_mb: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
     exact_peak: bool = True
     first: tuple[float, float] = (0.0, 0.0)  # the instance's first chain: seconds, RSS growth (MB)
     parts: list[dict[str, float]] = field(default_factory=list)  # the step's, from its trace
@@ -274,22 +276,26 @@ def step_parts(lines: list[dict[str, Any]], total: float) -> dict[str, float]:
 
 def parts_by_step(lines: list[dict[str, Any]]) -> list[dict[str, float]]:
     """The parts of every step in `lines`, each from the lines of its own thread and time span."""
+    by_thread: dict[tuple[int, int | None], list[dict[str, Any]]] = {}
+    for line in lines:
+        if line["ev"] != "step":
+            by_thread.setdefault((line["pid"], line.get("tid")), []).append(line)
+    starts = {}
+    for key, own in by_thread.items():
+        own.sort(key=lambda ln: ln["t0"])
+        starts[key] = [ln["t0"] for ln in own]
     found = []
     for step in (ln for ln in lines if ln["ev"] == "step"):
-        own = [
-            ln
-            for ln in lines
-            if ln["ev"] != "step"
-            and (ln["pid"], ln.get("tid")) == (step["pid"], step.get("tid"))
-            and step["t0"] <= ln["t0"] <= step["t1"]
-        ]
-        found.append(step_parts(own, step["t1"] - step["t0"]))
+        key = (step["pid"], step.get("tid"))
+        own, times = by_thread.get(key, []), starts.get(key, [])
+        inside = own[bisect.bisect_left(times, step["t0"]) : bisect.bisect_right(times, step["t1"])]
+        found.append(step_parts(inside, step["t1"] - step["t0"]))
     return found
 
 
 def spread_parts(found: list[dict[str, float]]) -> str:
     """Median and worst of each part over many steps, in ms."""
-    names = [k for k in found[0] if k != "Firestore calls"]
+    names = [k for k in found[0] if k != "Firestore calls" and any(p[k] for p in found)]
     return ", ".join(
         f"{k} {statistics.median(p[k] for p in found) * 1000:.0f}/{max(p[k] for p in found) * 1000:.0f}"
         for k in names
@@ -306,13 +312,17 @@ def describe_parts(parts: dict[str, float]) -> str:
 def plain_chain(
     stack: Stack, dep: Deployment, client: httpx.Client, sketch: Sketch, still: str
 ) -> tuple[float, dict[str, float]]:
-    """The yardstick: the same network work with plain httpx and nothing else. Download the still
-    from the same URL, upload it to the storage emulator in the same chunks, post the same Kling
-    form to the same endpoint. Its seconds, and each part's."""
+    """The yardstick: the same work with plain httpx and nothing else. Download the still from the
+    same URL, check it as every still must be checked (`inspect_still`: the header, then a JPEG
+    decoded at an eighth of its size to find a truncated one), upload it to the storage emulator in
+    the same chunks, post the same Kling form to the same endpoint. Its seconds, and each part's."""
     t0 = time.perf_counter()
     data = client.get(stack.media(still)).content
     t1 = time.perf_counter()
-    stack.upload(client, f"yardstick/{uuid.uuid4().hex}/still.jpg", data, "image/jpeg")
+    inspect_still(data)
+    t_check = time.perf_counter()
+    name = f"yardstick/{uuid.uuid4().hex}/still.jpg"
+    dep.upload(client, name, data, "image/jpeg")
     t2 = time.perf_counter()
     response = client.post(
         stack.simulator.url + KLING_PATH,
@@ -323,7 +333,8 @@ def plain_chain(
     t3 = time.perf_counter()
     if response.status_code != 200 or not response.json().get("task_id"):
         raise RuntimeError(f"yardstick Kling upload answered {response.status_code}: {response.text[:300]}")
-    return t3 - t0, {"download": t1 - t0, "bucket": t2 - t1, "Kling": t3 - t2}
+    dep.delete_objects([name])
+    return t3 - t0, {"download": t1 - t0, "check": t_check - t1, "bucket": t2 - t_check, "Kling": t3 - t2}
 
 
 def run_chain(stack: Stack, dep: Deployment, sketch: Sketch) -> tuple[float, Watch, dict[str, float]]:
@@ -338,8 +349,9 @@ def run_chain(stack: Stack, dep: Deployment, sketch: Sketch) -> tuple[float, Wat
     if not applied(response):
         raise RuntimeError(f"chain step answered {response.status_code}: {response.text[:300]}")
     done = must(dep.sketch(sketch.id), Status.VIDEO_PENDING, "the chain")
-    if done.image_object is None:
+    if done.image_object is None or dep.stored_object(done.image_object) is None:
         raise RuntimeError("the chain did not store the still in the bucket")
+    dep.delete_objects([done.image_object])
     parts = step_parts(tail.new(), elapsed) if tail is not None else {}
     return elapsed, watch, parts
 
@@ -361,26 +373,27 @@ def chain(stack: Stack, main: Deployment, runs: int) -> ChainResult:
             plain_chain(stack, main, plain, sketch, BIG_NAME)
         for run in range(runs):
             sketch = main.image_complete(f"bench chain {run}", stack.media(BIG_NAME))
-            if run % 2:  # alternate which of the two goes first
-                stack.wait_sim_idle()
-                base, base_parts = plain_chain(stack, main, plain, sketch, BIG_NAME)
+            # The yardstick just before and just after the step: it is noisy, and the machine's
+            # state drifts between runs.
+            stack.wait_sim_idle()
+            bases = [plain_chain(stack, main, plain, sketch, BIG_NAME)]
             time.sleep(0.2)
             elapsed, watch, parts = run_chain(stack, main, sketch)
-            if not run % 2:
-                stack.wait_sim_idle()
-                base, base_parts = plain_chain(stack, main, plain, sketch, BIG_NAME)
-            result.baseline.append(base)
-            result.baseline_parts.append(base_parts)
+            stack.wait_sim_idle()
+            bases.append(plain_chain(stack, main, plain, sketch, BIG_NAME))
+            for base, base_parts in bases:
+                result.baseline.append(base)
+                result.baseline_parts.append(base_parts)
             result.chain.append(elapsed)
             result.parts.append(parts)
             result.idle_kb.append(watch.idle_kb)
             result.grown_mb.append(watch.grown_mb)
-            result.cpu.append(watch.cpu)
             result.exact_peak &= watch.exact
             say(
                 f"  chain run {run + 1}: step {elapsed * 1000:.0f} ms (worker CPU {watch.cpu * 1000:.0f} ms; "
-                f"ms: {describe_parts(parts)}), plain httpx {base * 1000:.0f} ms "
-                f"(ms: {describe_parts(base_parts)}); worker RSS idle {watch.idle_kb / 1024:.1f} MB, "
+                f"ms: {describe_parts(parts)}), "
+                f"plain httpx {bases[0][0] * 1000:.0f}, {bases[1][0] * 1000:.0f} ms "
+                f"(ms: {describe_parts(bases[-1][1])}); worker RSS idle {watch.idle_kb / 1024:.1f} MB, "
                 f"peak +{watch.grown_mb:.1f} MB"
             )
     return result
@@ -456,7 +469,7 @@ def load(stack: Stack, main: Deployment, runs: int, kling_latency: float) -> Loa
             if not applied(response):
                 result.errors.append(f"single: {response.status_code} {response.text[:120]}")
             singles.append(elapsed)
-        others = stack.pids()
+        others = {name: pid for name, pid in main.pids().items() if name != "webhook worker"}
         cpu0 = {name: cpu_seconds(pid) for name, pid in others.items()}
         overflows = listen_overflows()
         tail = TraceTail(main.trace) if main.trace is not None else None
@@ -474,9 +487,11 @@ def load(stack: Stack, main: Deployment, runs: int, kling_latency: float) -> Loa
         spent = sum(v[-1] for v in result.cpu.values())
         result.cpu_floor.append(max(spent / (os.cpu_count() or 1), watch.cpu))
         result.errors += errors
-        wrong = [s.id for s in sketches if (main.sketch(s.id) or s).status is not Status.VIDEO_PENDING]
+        after = [main.sketch(s.id) or s for s in sketches]
+        wrong = [s.id for s in after if s.status is not Status.VIDEO_PENDING]
         if wrong:
             result.errors.append(f"{len(wrong)} sketches not video_pending")
+        main.delete_objects([s.image_object for s in after if s.image_object])
         stack.wait_sim_idle()
         kling = stack.sim_stats()["tasks_created"]["kling"] - kling_before
         if kling != len(sketches):
@@ -510,15 +525,15 @@ class CopyResult:
     first: tuple[float, float] = (0.0, 0.0)  # the instance's first copy: seconds, RSS growth (MB)
 
 
-def plain_copy(stack: Stack, client: httpx.Client) -> float:
+def plain_copy(stack: Stack, dep: Deployment, client: httpx.Client) -> float:
     """The yardstick: download the whole video with httpx, then upload it in the project's chunks."""
     name = f"yardstick/{uuid.uuid4().hex}/video.mp4"
     t0 = time.perf_counter()
     data = client.get(stack.media(VIDEO_NAME)).content
-    stack.upload(client, name, data, "video/mp4")
+    dep.upload(client, name, data, "video/mp4")
     elapsed = time.perf_counter() - t0
     del data
-    stack.delete_object(name)
+    dep.delete_objects([name])
     return elapsed
 
 
@@ -534,7 +549,7 @@ def copy(stack: Stack, runs: int) -> CopyResult:
             dep.push(Step(kind=StepKind.COPY, sketch_id=init.id))  # builds the runtime; a duplicate
             for n in range(runs + 1):
                 if n % 2:
-                    result.baseline.append(plain_copy(stack, plain))
+                    result.baseline.append(plain_copy(stack, dep, plain))
                 sketch = dep.video_ready(f"bench copy {n}", stack.media(VIDEO_NAME))
                 with Watch(dep.webhook.worker_pid()) as watch:
                     elapsed, response = dep.push(Step(kind=StepKind.COPY, sketch_id=sketch.id))
@@ -542,12 +557,12 @@ def copy(stack: Stack, runs: int) -> CopyResult:
                     raise RuntimeError(f"copy step answered {response.status_code}: {response.text[:300]}")
                 done = must(dep.sketch(sketch.id), Status.COMPLETE, "the copy")
                 assert done.video_object is not None
-                stored = stack.stored_object(done.video_object) or {}
+                stored = dep.stored_object(done.video_object) or {}
                 if int(str(stored.get("size", 0))) != VIDEO_BYTES:
                     raise RuntimeError(f"the stored video is {stored.get('size')} bytes, not {VIDEO_BYTES}")
-                stack.delete_object(done.video_object)
+                dep.delete_objects([done.video_object])
                 if not n % 2:
-                    result.baseline.append(plain_copy(stack, plain))
+                    result.baseline.append(plain_copy(stack, dep, plain))
                 if n == 0:
                     result.first = (elapsed, watch.grown_mb)
                 else:

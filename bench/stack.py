@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -30,13 +31,12 @@ from devstack.stack import Scheduler
 from devstack.storage import StorageEmulator
 from shared import firestore_rest
 from shared.google_api import GoogleApi
-from shared.pubsub_rest import PubSub
 from shared.sketch import CreateSketchRequest, Sketch, Stage, Status, new_sketch_id, utcnow
 from shared.sketch_store import SketchStore
 from shared.steps import Step
 from shared.storage_rest import CHUNK_BYTES
 from shared.tokens import sweep_token, webhook_url
-from shared.topology import DEAD_LETTER_SUBSCRIPTION, STEP_ACTION, SUBSCRIPTION, TOPIC
+from shared.topology import DEAD_LETTER_SUBSCRIPTION, STEP_ACTION, SUBSCRIPTION
 
 API_KEY = "bench-novita-key"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
@@ -95,6 +95,10 @@ class Deployment:
     ) -> None:
         self.stack = stack
         self.name = name
+        logs = stack.log_dir / name
+        # A Cloud Storage emulator of its own: the emulator rewrites the metadata of every object it
+        # holds on each upload, so the objects other sections left would make each upload slower.
+        self.storage = StorageEmulator(logs / "storage-emulator.log", BUCKET)
         self.project = f"bench-{name}-{uuid.uuid4().hex[:6]}"
         port = free_port()
         self.trace = trace
@@ -106,7 +110,7 @@ class Deployment:
             "GOOGLE_CLOUD_PROJECT": self.project,
             "FIRESTORE_EMULATOR_HOST": stack.firestore.host,
             "PUBSUB_EMULATOR_HOST": stack.pubsub.host,
-            "STORAGE_EMULATOR_HOST": stack.storage.url,
+            "STORAGE_EMULATOR_HOST": self.storage.url,
             "MEDIA_BUCKET": BUCKET,
             "MEDIA_URL_POLICY": "any",
             "AUTH_MODE": "none",
@@ -118,7 +122,6 @@ class Deployment:
             trace.unlink(missing_ok=True)  # this deployment's lines only
             self.env["BENCH_TRACE"] = str(trace)
             extra_path.append(INSTRUMENT)
-        logs = stack.log_dir / name
         self.webhook = FunctionServer(
             "novita_webhook",
             self.env,
@@ -143,6 +146,7 @@ class Deployment:
         self.scheduler: Scheduler | None = None
 
     def start(self, *, sweep_every: float | None = None) -> Deployment:
+        self.storage.start()
         self.stack.pubsub.create_topology(self.project, self.env["WEBHOOK_URL"])
         self.webhook.start()
         if self.create is not None:
@@ -159,7 +163,50 @@ class Deployment:
             self.create.stop()
         self.webhook.stop()
         self.purge()
+        self.storage.stop()
         self.http.close()
+
+    def pids(self) -> dict[str, int]:
+        """The stack's long-running processes with this deployment's: its storage, its webhook worker."""
+        pids = {**self.stack.pids(), "webhook worker": self.webhook.worker_pid()}
+        if self.storage.pid:
+            pids["Storage emulator"] = self.storage.pid
+        return pids
+
+    # ------------------------------------------------------------------------- Cloud Storage
+
+    def upload(self, client: httpx.Client, name: str, data: bytes, content_type: str) -> None:
+        """Plain httpx: a resumable upload of `data` to the emulator in the project's chunks."""
+        started = client.post(
+            f"{self.storage.url}/upload/storage/v1/b/{BUCKET}/o",
+            params={"uploadType": "resumable", "name": name, "ifGenerationMatch": "0"},
+            headers={"X-Upload-Content-Type": content_type},
+            json={"contentType": content_type, "metadata": {"sketch_id": "bench"}},
+        )
+        started.raise_for_status()
+        session = started.headers["Location"]
+        offset = 0
+        # The project's chunks: all but the last exactly CHUNK_BYTES, the last with the total.
+        while len(data) - offset > CHUNK_BYTES:
+            end = offset + CHUNK_BYTES - 1
+            answer = client.put(
+                session, content=data[offset : end + 1], headers={"Content-Range": f"bytes {offset}-{end}/*"}
+            )
+            if answer.status_code != 308:
+                raise RuntimeError(f"chunk answered {answer.status_code}: {answer.text[:200]}")
+            offset = end + 1
+        last = f"bytes {offset}-{len(data) - 1}/{len(data)}"
+        answer = client.put(session, content=data[offset:], headers={"Content-Range": last})
+        if answer.status_code not in (200, 201):
+            raise RuntimeError(f"last chunk answered {answer.status_code}: {answer.text[:200]}")
+
+    def stored_object(self, name: str) -> dict[str, Any] | None:
+        return self.storage.object(name)
+
+    def delete_objects(self, names: list[str]) -> None:
+        """Delete objects, so that the emulator's cost per upload stays that of a small bucket."""
+        for name in names:
+            self.http.delete(f"{self.storage.url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}")
 
     def purge(self) -> None:
         """Drop every step still queued for this deployment."""
@@ -264,12 +311,6 @@ class Deployment:
         )
         return time.perf_counter() - t0, response
 
-    def publish(self, step: Step) -> None:
-        """Publish `step` to the topic, as the functions do."""
-        PubSub(GoogleApi(self.http), self.project, base_url=self.stack.pubsub.url).publish(
-            TOPIC, [step.message(WEBHOOK_SECRET)]
-        )
-
     def webhook_url(self, sketch_id: str, stage: Stage = "image") -> str:
         return webhook_url(self.webhook.url, WEBHOOK_SECRET, sketch_id, stage)
 
@@ -311,7 +352,6 @@ class Stack:
         self.media_dir = media_dir
         self.firestore = FirestoreEmulator(log_dir / "firestore-emulator.log")
         self.pubsub = PubSubEmulator(log_dir / "pubsub-emulator.log")
-        self.storage = StorageEmulator(log_dir / "storage-emulator.log", BUCKET)
         self.simulator = SimulatorProcess(API_KEY, log_dir / "novita-simulator.log")
         self.media_port = free_port()
         self.media_url = f"http://{LOOPBACK}:{self.media_port}"
@@ -322,8 +362,8 @@ class Stack:
     # ----------------------------------------------------------------------------- processes
 
     def start(self) -> Stack:
-        with ThreadPoolExecutor(3) as pool:  # the JVMs take seconds each to come up
-            list(pool.map(lambda p: p.start(), (self.firestore, self.pubsub, self.storage)))
+        with ThreadPoolExecutor(2) as pool:  # the JVMs take seconds each to come up
+            list(pool.map(lambda p: p.start(), (self.firestore, self.pubsub)))
         self.simulator.start()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, "-m", "bench.media_server", "--port", str(self.media_port)]
@@ -339,7 +379,7 @@ class Stack:
         if self._media is not None:
             stop(self._media)
         self.simulator.stop()
-        for emulator in (self.storage, self.pubsub, self.firestore):
+        for emulator in (self.pubsub, self.firestore):
             emulator.stop()
         self.http.close()
 
@@ -353,11 +393,10 @@ class Stack:
         self._deployments.remove(deployment)
 
     def pids(self) -> dict[str, int]:
-        """The stack's long-running processes, by name."""
+        """The stack's long-running processes shared by every deployment, by name."""
         pids = {
             "Firestore emulator": self.firestore.pid,
             "Pub/Sub emulator": self.pubsub.pid,
-            "Storage emulator": self.storage.pid,
             "Novita simulator": self.simulator.pid,
             "media host": self._media.pid if self._media else None,
         }
@@ -430,41 +469,6 @@ class Stack:
 
     def wait_media_idle(self, timeout: float = 120.0) -> None:
         wait_until(lambda: self.media_stats()["active"] == 0, timeout, "media host idle")
-
-    # ------------------------------------------------------------------------- Cloud Storage
-
-    def upload(self, client: httpx.Client, name: str, data: bytes, content_type: str) -> None:
-        """Plain httpx: a resumable upload of `data` to the emulator in the project's chunks."""
-        started = client.post(
-            f"{self.storage.url}/upload/storage/v1/b/{BUCKET}/o",
-            params={"uploadType": "resumable", "name": name, "ifGenerationMatch": "0"},
-            headers={"X-Upload-Content-Type": content_type},
-            json={"contentType": content_type, "metadata": {"sketch_id": "bench"}},
-        )
-        started.raise_for_status()
-        session = started.headers["Location"]
-        offset = 0
-        # The project's chunks: all but the last exactly CHUNK_BYTES, the last with the total.
-        while len(data) - offset > CHUNK_BYTES:
-            end = offset + CHUNK_BYTES - 1
-            answer = client.put(
-                session, content=data[offset : end + 1], headers={"Content-Range": f"bytes {offset}-{end}/*"}
-            )
-            if answer.status_code != 308:
-                raise RuntimeError(f"chunk answered {answer.status_code}: {answer.text[:200]}")
-            offset = end + 1
-        last = f"bytes {offset}-{len(data) - 1}/{len(data)}"
-        answer = client.put(session, content=data[offset:], headers={"Content-Range": last})
-        if answer.status_code not in (200, 201):
-            raise RuntimeError(f"last chunk answered {answer.status_code}: {answer.text[:200]}")
-
-    def stored_object(self, name: str) -> dict[str, Any] | None:
-        return self.storage.object(name)
-
-    def delete_object(self, name: str) -> None:
-        from urllib.parse import quote
-
-        self.http.delete(f"{self.storage.url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}")
 
 
 def image_success(task_id: str, image_url: str) -> dict[str, Any]:

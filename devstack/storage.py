@@ -1,5 +1,6 @@
 """A Cloud Storage emulator (PyPI's `gcp-storage-emulator`, pure Python) as its own process on
-loopback. The functions reach it through the standard `STORAGE_EMULATOR_HOST`.
+loopback (`devstack/storage_server.py`). The functions reach it through the standard
+`STORAGE_EMULATOR_HOST`.
 
 It keeps objects in memory, has no authentication, and ignores preconditions: `ifGenerationMatch=0`
 is sent but not enforced here (tests check that it is sent, and what the code does with a 412).
@@ -14,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
+from devstack.functions import ROOT
 from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
 
 
@@ -33,7 +35,7 @@ class StorageEmulator:
         cmd = [
             sys.executable,
             "-m",
-            "gcp_storage_emulator",
+            "devstack.storage_server",
             "start",
             f"--host={LOOPBACK}",
             f"--port={self.port}",
@@ -41,7 +43,8 @@ class StorageEmulator:
             f"--default-bucket={self.bucket}",
             "--quiet",
         ]
-        self._proc = start(cmd, env=dict(os.environ), log_path=self._log_path)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self._proc = start(cmd, env=env, log_path=self._log_path, cwd=ROOT)
         wait_until(answers(self.url + "/"), timeout, "Cloud Storage emulator", self._proc)
         return self
 

@@ -117,7 +117,7 @@ class Creator:
             request,
             now,
             user_id,
-            self._results.recovery_due(now),
+            self._results.recovery_due(now, StepKind.SEEDREAM if form == "reference" else StepKind.CHECK),
             "task" if form == "guide" else "sync",
         )
         logs.bind_sketch(sketch.id)
@@ -219,8 +219,12 @@ class Creator:
         return sketch.model_copy(update=started)
 
     def _switch_to_seedream(self, sketch: Sketch) -> Sketch:
+        due = self._results.recovery_due(utcnow(), StepKind.SEEDREAM)
+
         def switch(s: Sketch) -> Changes | None:
-            return {"image_form": "sync", **OUTCOME_KNOWN} if s.image_task_id is None else None
+            if s.image_task_id is not None:
+                return None
+            return {"image_form": "sync", **OUTCOME_KNOWN, "recovery_due_at": due}
 
         switched, _ = self._store.mutate(sketch.id, switch, known=sketch)
         return self._queue_seedream(switched or sketch)

@@ -71,7 +71,7 @@ class Recovery:
         due = sketch.recovery_due_at
         if sketch.status.is_final or due is None or due > now:
             return None
-        next_due = self._results.recovery_due(now)
+        next_due = self._results.recovery_due(now, sketch.next_step())
 
         def take(s: Sketch) -> Changes | None:
             return {"recovery_due_at": next_due} if s.recovery_due_at == due else None

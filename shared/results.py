@@ -15,7 +15,7 @@ from typing import Literal
 
 from shared.config import Settings
 from shared.novita_models import TaskResult, expires_at
-from shared.sketch import Sketch, Stage, Status, utcnow
+from shared.sketch import Sketch, Stage, Status, StepKind, utcnow
 from shared.sketch_store import Changes, SketchStore
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,16 @@ class Results:
         self._settings = settings
         self._store = store
 
-    def recovery_due(self, now: datetime) -> datetime:
-        """When recovery may next look at a sketch that was just changed at `now`."""
-        return now + timedelta(seconds=self._settings.recovery_interval_seconds)
+    def recovery_due(self, now: datetime, waits_on: StepKind | None) -> datetime:
+        """When recovery may next look at a sketch changed at `now` that now `waits_on` a step.
+
+        A slow step handed to the queue gets as long as a lease lasts to take its work up before
+        recovery hands it on again: under a backlog the queue may be minutes behind, and handing
+        the same step on at every interval would only lengthen it.
+        """
+        slow = waits_on is not None and waits_on.is_slow
+        seconds = self._settings.step_lease_seconds if slow else self._settings.recovery_interval_seconds
+        return now + timedelta(seconds=seconds)
 
     def apply(self, known: Sketch, result: TaskResult, stage: Stage) -> tuple[Outcome, Sketch | None]:
         """Apply `result` of the sketch's `stage` task; the outcome and the sketch as it now is."""
@@ -143,7 +150,7 @@ class Results:
                 "progress": progress_at("chain"),
                 "eta_seconds": None,
                 **OUTCOME_KNOWN,
-                "recovery_due_at": self.recovery_due(now),
+                "recovery_due_at": self.recovery_due(now, StepKind.CHAIN),
             }
 
         def decide(s: Sketch) -> Changes | None:
@@ -176,7 +183,7 @@ class Results:
                     **found,
                     "status": Status.VIDEO_PENDING,
                     "progress": progress_at("copy"),
-                    "recovery_due_at": self.recovery_due(now),
+                    "recovery_due_at": self.recovery_due(now, StepKind.COPY),
                 }
             else:
                 changes = {

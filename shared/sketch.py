@@ -73,6 +73,11 @@ class StepKind(StrEnum):
     CHAIN = "chain"  # download the still, keep a copy, and start Kling on it
     COPY = "copy"  # stream the finished video into the bucket
 
+    @property
+    def is_slow(self) -> bool:
+        """Whether the step holds the sketch's lease while it works (Seedream, the chain, the copy)."""
+        return self is not StepKind.CHECK
+
 
 def _visible(value: str) -> bool:
     """Whether `value` has a character a person can see (not only spaces, zero-width or format

@@ -12,7 +12,7 @@ there, and the bucket itself stays private. Rewriting the token revokes every UR
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -80,20 +80,17 @@ class Storage:
         """Store `chunks` as a new object `name`; ObjectExists if there is one already."""
         session = self._start(bucket, name, content_type, token, metadata)
         sent = 0
-        buffer = bytearray()
         try:
-            for piece in chunks:
-                buffer += piece
-                while len(buffer) > CHUNK_BYTES:
-                    self._put(session, buffer[:CHUNK_BYTES], sent, None, deadline)
-                    del buffer[:CHUNK_BYTES]
-                    sent += CHUNK_BYTES
-            final = self._put(session, bytes(buffer), sent, sent + len(buffer), deadline)
+            for chunk in _chunks(chunks):
+                # Only the rest after the full chunks is shorter: it completes the upload.
+                last = len(chunk) < CHUNK_BYTES
+                final = self._put(session, chunk, sent, sent + len(chunk) if last else None, deadline)
+                sent += len(chunk)
         except PreconditionFailed as exc:
             # Cloud Storage may check `ifGenerationMatch=0` again as the upload completes: the
             # name was taken while the chunks went.
             raise ObjectExists(self.get(bucket, name)) from exc
-        return StoredObject(name=name, size=int(final.get("size", sent + len(buffer))), token=token)
+        return StoredObject(name=name, size=int(final.get("size", sent)), token=token)
 
     def _start(
         self, bucket: str, name: str, content_type: str, token: str, metadata: Mapping[str, str]
@@ -114,7 +111,7 @@ class Storage:
         return location
 
     def _put(
-        self, session: str, data: bytes | bytearray, start: int, total: int | None, deadline: Deadline
+        self, session: str, data: bytes | memoryview, start: int, total: int | None, deadline: Deadline
     ) -> dict[str, Any]:
         """Send one chunk; the object's resource once the last chunk is in."""
         end = start + len(data) - 1
@@ -127,8 +124,9 @@ class Storage:
         try:
             response = self._http.put(
                 session,
-                content=bytes(data),
-                headers={"Content-Range": content_range},
+                # As an iterator with its length, the chunk is sent as it is, never copied again.
+                content=iter([data]),
+                headers={"Content-Range": content_range, "Content-Length": str(len(data))},
                 timeout=deadline.timeout(connect=5.0, read=30.0, write=60.0),
             )
         except httpx.TransportError as exc:
@@ -144,3 +142,24 @@ class Storage:
         if response.status_code in (200, 201):
             return dict(response.json())
         raise error_from(response)
+
+
+def _chunks(pieces: Iterable[bytes]) -> Iterator[bytes | memoryview]:
+    """`pieces` regrouped into full chunks of CHUNK_BYTES, then the rest (shorter, maybe empty).
+
+    A piece larger than a chunk is cut into views of itself, not copies; smaller pieces are joined
+    once per chunk. Besides the piece at hand, at most a chunk's worth is held.
+    """
+    held: list[memoryview] = []
+    size = 0
+    for piece in pieces:
+        view = memoryview(piece)
+        while len(view):
+            take = min(len(view), CHUNK_BYTES - size)
+            held.append(view[:take])
+            size += take
+            view = view[take:]
+            if size == CHUNK_BYTES:
+                yield held[0] if len(held) == 1 else b"".join(held)
+                held, size = [], 0
+    yield held[0] if len(held) == 1 else b"".join(held)

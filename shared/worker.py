@@ -83,7 +83,6 @@ R = TypeVar("R")
 KLING_REQUEST_BUDGET = timedelta(seconds=95)
 SEEDREAM_REQUEST_BUDGET = timedelta(seconds=110)
 MAX_VIDEO_BYTES = 512 * 1024 * 1024
-SLOW_STEPS = (StepKind.SEEDREAM, StepKind.CHAIN, StepKind.COPY)
 
 
 class RetryLater(Exception):
@@ -296,7 +295,12 @@ class Worker:
     def _hand_on(self, sketch: Sketch, now: datetime) -> None:
         """Publish the slow step the sketch needs, unless a step holds it or a request awaits its outcome."""
         kind = sketch.next_step()
-        if kind in SLOW_STEPS and not sketch.lease_is_live(now) and sketch.submission_unknown is None:
+        if (
+            kind is not None
+            and kind.is_slow
+            and not sketch.lease_is_live(now)
+            and sketch.submission_unknown is None
+        ):
             self._queue.publish(Step(kind=kind, sketch_id=sketch.id))
 
     def _record_paid(self, what: str, write: Callable[[], T], deadline: Deadline) -> T:
@@ -354,16 +358,16 @@ class Worker:
             except NovitaRejected as exc:
                 if exc.is_balance:
                     self._breaker.open(exc)
-                    self._release(sketch.id, owner, OUTCOME_KNOWN)
+                    self._release(sketch, owner, OUTCOME_KNOWN)
                     raise RetryLater(f"Seedream refused for the balance: {exc.describe()}") from exc
-                self._finish(sketch.id, owner, fail_changes(exc.describe()))
+                self._finish(sketch, owner, fail_changes(exc.describe()))
                 log.warning("Seedream refused the request: %s", exc.describe())
                 return Outcome.APPLIED
             except NovitaUnavailable as exc:
-                self._release(sketch.id, owner, OUTCOME_KNOWN)
+                self._release(sketch, owner, OUTCOME_KNOWN)
                 raise RetryLater(f"Seedream could not be reached: {exc.describe()}") from exc
             except NovitaOutcomeUnknown as exc:
-                self._finish(sketch.id, owner, fail_changes(self._unknown_reason(sketch)))
+                self._finish(sketch, owner, fail_changes(self._unknown_reason(sketch)))
                 log.warning("Seedream's answer was lost: %s", exc.describe())
                 return Outcome.APPLIED
             now = utcnow()
@@ -375,10 +379,10 @@ class Worker:
                 "eta_seconds": None,
                 **NO_LEASE,
                 **OUTCOME_KNOWN,
-                "recovery_due_at": self._results.recovery_due(now),
+                "recovery_due_at": self._results.recovery_due(now, StepKind.CHAIN),
             }
             made = self._record_paid(
-                "the still Seedream drew", lambda: self._finish(sketch.id, owner, drawn), deadline
+                "the still Seedream drew", lambda: self._finish(sketch, owner, drawn), deadline
             )
         log.info("Seedream drew the still", extra={"form": "reference"})
         if made is not None:
@@ -424,19 +428,19 @@ class Worker:
                 if exc.is_balance:
                     # The chain can wait: its step comes back, with backoff, until the balance does.
                     self._breaker.open(exc)
-                    self._release(sketch.id, owner)
+                    self._release(sketch, owner)
                     raise RetryLater(f"Kling refused for the balance: {exc.describe()}") from exc
-                self._finish(sketch.id, owner, fail_changes(exc.describe()))
+                self._finish(sketch, owner, fail_changes(exc.describe()))
                 log.warning("Kling refused the still: %s", exc.describe())
                 return Outcome.APPLIED
             except NovitaUnavailable as exc:
-                self._release(sketch.id, owner)
+                self._release(sketch, owner)
                 raise RetryLater(f"image-to-video could not be started: {exc.describe()}") from exc
             except NovitaOutcomeUnknown as exc:
                 now = utcnow()
                 grace = timedelta(seconds=self._settings.unknown_outcome_grace_seconds)
                 self._finish(
-                    sketch.id,
+                    sketch,
                     owner,
                     {
                         **NO_LEASE,
@@ -456,7 +460,7 @@ class Worker:
                     "video_task_id": video_task_id,
                     "progress": max(s.progress, progress_at("video")),
                     **NO_LEASE,
-                    "recovery_due_at": self._results.recovery_due(utcnow()),
+                    "recovery_due_at": self._results.recovery_due(utcnow(), StepKind.CHECK),
                 }
 
             try:
@@ -498,7 +502,7 @@ class Worker:
             return None
         assert self._storage is not None and self._settings.media_bucket is not None
         stored = self._finish(
-            sketch.id,
+            sketch,
             owner,
             {
                 "image_object": name,
@@ -524,7 +528,7 @@ class Worker:
             sketch, owner = held
             if self._storage is None or self._settings.media_bucket is None:
                 # The bucket was taken out of the configuration after the video was made.
-                self._finish(sketch.id, owner, self._complete(sketch.novita_video_url, None, None))
+                self._finish(sketch, owner, self._complete(sketch.novita_video_url, None, None))
                 return Outcome.APPLIED
             storage, bucket = self._storage, self._settings.media_bucket
             name = f"sketches/{sketch.id}/video.mp4"
@@ -545,9 +549,7 @@ class Worker:
             if copied is None or copied[1] is None:
                 return Outcome.APPLIED
             token = copied[1]
-            self._finish(
-                sketch.id, owner, self._complete(storage.download_url(bucket, name, token), None, name)
-            )
+            self._finish(sketch, owner, self._complete(storage.download_url(bucket, name, token), None, name))
         log.info("video stored; sketch complete")
         return Outcome.APPLIED
 
@@ -571,14 +573,12 @@ class Worker:
         what = "still" if stage == "image" else "video"
         if task_id is None:
             # Seedream's synchronous answer has no task to ask again.
-            self._finish(
-                sketch.id, owner, fail_changes(f"the {what}'s link expired before it could be fetched")
-            )
+            self._finish(sketch, owner, fail_changes(f"the {what}'s link expired before it could be fetched"))
             raise RetryLater(f"the {what}'s link expired and cannot be renewed")
         try:
             result = self._novita.task_result(task_id, deadline)
         except (NovitaError, ValidationError) as exc:
-            self._release(sketch.id, owner)
+            self._release(sketch, owner)
             raise RetryLater(f"a fresh link to the {what} could not be fetched: {exc}") from exc
         now = utcnow()
         changes: Changes
@@ -591,9 +591,9 @@ class Worker:
             link, expires = result.videos[0].video_url, expires_at(now, result.videos[0].video_url_ttl)
             changes = {"novita_video_url": link, "novita_video_url_expires_at": expires}
         else:
-            self._release(sketch.id, owner)
+            self._release(sketch, owner)
             raise RetryLater(f"task-result gave no {what} for a finished task")
-        renewed = self._finish(sketch.id, owner, changes)
+        renewed = self._finish(sketch, owner, changes)
         if renewed is None:
             raise RetryLater(f"the step lost its lease while renewing the {what}'s link")
         return renewed
@@ -614,16 +614,16 @@ class Worker:
             try:
                 return sketch, use(sketch)
             except MediaRejected as exc:
-                self._finish(sketch.id, owner, fail_changes(f"the {what} was refused: {exc}"))
+                self._finish(sketch, owner, fail_changes(f"the {what} was refused: {exc}"))
                 log.warning("%s refused: %s", what, exc)
                 return None
             except MediaExpired as exc:
                 if attempt == 2:
-                    self._release(sketch.id, owner)
+                    self._release(sketch, owner)
                     raise RetryLater(f"the {what}'s link keeps expiring: {exc}") from exc
                 sketch = self._renew_link(sketch, owner, stage, deadline)
             except MediaUnavailable as exc:
-                self._release(sketch.id, owner)
+                self._release(sketch, owner)
                 raise RetryLater(f"the {what} could not be downloaded: {exc}") from exc
         raise AssertionError("unreachable: the second attempt returns or raises")
 
@@ -654,12 +654,10 @@ class Worker:
             if metadata.get("sketch_id") == sketch.id and metadata.get(TOKEN_METADATA):
                 # An upload of this sketch's whose answer was lost: it is the copy.
                 return str(metadata[TOKEN_METADATA]).split(",")[0]
-            self._finish(
-                sketch.id, owner, fail_changes(f"{name} exists in the bucket and is not this sketch's")
-            )
+            self._finish(sketch, owner, fail_changes(f"{name} exists in the bucket and is not this sketch's"))
             return None
         except ApiError as exc:
-            self._release(sketch.id, owner)
+            self._release(sketch, owner)
             raise RetryLater(f"Cloud Storage did not take {name}: {exc}") from exc
 
     # --------------------------------------------------------------------------------- lease
@@ -695,7 +693,7 @@ class Worker:
         except (RetryLater, StoreUnavailable):
             raise  # the lease was dealt with where it was raised, or cannot be written to
         except Exception:
-            self._release(sketch.id, owner, OUTCOME_KNOWN if extra else None)
+            self._release(sketch, owner, OUTCOME_KNOWN if extra else None)
             raise
 
     def _hold(self, sketch: Sketch, owner: str, budget: timedelta) -> Sketch:
@@ -718,26 +716,24 @@ class Worker:
             raise RetryLater("the step's lease ran out before the paid request could be sent")
         return renewed
 
-    def _finish(self, sketch_id: str, owner: str, changes: Changes) -> Sketch | None:
-        """Write `changes` if this step still holds the lease; the sketch as written, else None."""
+    def _finish(self, known: Sketch, owner: str, changes: Changes) -> Sketch | None:
+        """Write `changes` if this step still holds the lease; the sketch as written, else None.
+        `known` is the step's latest copy: if the document has changed since, it is read again."""
 
         def decide(s: Sketch) -> Changes | None:
             return changes if s.step_lease_owner == owner and not s.status.is_final else None
 
-        sketch, changed = self._store.mutate(sketch_id, decide)
+        sketch, changed = self._store.mutate(known.id, decide, known=known)
         return sketch if changed else None
 
-    def _release(self, sketch_id: str, owner: str, extra: Changes | None = None) -> None:
+    def _release(self, known: Sketch, owner: str, extra: Changes | None = None) -> None:
         """Give the work back so that the next delivery of the step takes it up at once.
 
         If Firestore is out of reach, the lease simply runs out instead.
         """
+        due = self._results.recovery_due(utcnow(), known.next_step())
         try:
-            self._finish(
-                sketch_id,
-                owner,
-                {**NO_LEASE, **(extra or {}), "recovery_due_at": self._results.recovery_due(utcnow())},
-            )
+            self._finish(known, owner, {**NO_LEASE, **(extra or {}), "recovery_due_at": due})
         except StoreUnavailable:
             log.warning("the step's lease could not be given back; it will run out")
 
