@@ -4,6 +4,7 @@ import hashlib
 import io
 import textwrap
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import av
@@ -39,6 +40,9 @@ class MediaAsset:
     is_video: bool = False
 
 
+# Each distinct still and video is drawn once: the same prompt at the same size makes the same
+# still, and the same still the same video, so a thousand alike sketches cost one encoding.
+@lru_cache(maxsize=32)
 def make_still(prompt: str, width: int, height: int, mode: ImageMode, watermark: bool = False) -> MediaAsset:
     if mode == "not_image":
         return MediaAsset(NOT_AN_IMAGE, "image/jpeg", "jpg", "jpeg")
@@ -109,6 +113,7 @@ def pad_jpeg(jpeg: bytes, min_bytes: int) -> bytes:
     return jpeg[:2] + bytes(padding) + jpeg[2:]
 
 
+@lru_cache(maxsize=32)
 def make_video(still: bytes) -> MediaAsset:
     """A short zoom into the still, scaled down to keep encoding well under a second."""
     with Image.open(io.BytesIO(still)) as opened:

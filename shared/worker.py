@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -497,7 +497,7 @@ class Worker:
     def _store_still(self, sketch: Sketch, owner: str, still: Still, deadline: Deadline) -> Sketch | None:
         """Keep the bytes just fetched in the bucket; the sketch then shows the copy."""
         name = f"sketches/{sketch.id}/still.{still.extension}"
-        token = self._upload(sketch, owner, name, [still.data], still.mime, deadline)
+        token = self._upload(sketch, owner, name, still.data, still.mime, deadline)
         if token is None:
             return None
         assert self._storage is not None and self._settings.media_bucket is not None
@@ -632,7 +632,7 @@ class Worker:
         sketch: Sketch,
         owner: str,
         name: str,
-        chunks: Any,
+        data: bytes | Iterable[bytes],
         content_type: str,
         deadline: Deadline,
     ) -> str | None:
@@ -643,7 +643,7 @@ class Worker:
             return self._storage.upload(
                 self._settings.media_bucket,
                 name,
-                chunks,
+                data,
                 content_type=content_type,
                 token=uuid.uuid4().hex,
                 metadata={"sketch_id": sketch.id},
