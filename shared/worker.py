@@ -693,7 +693,8 @@ class Worker:
         except (RetryLater, StoreUnavailable):
             raise  # the lease was dealt with where it was raised, or cannot be written to
         except Exception:
-            self._release(sketch, owner, OUTCOME_KNOWN if extra else None)
+            # The claimed copy, not the one read before: only it shows this step's lease.
+            self._release(claimed, owner, OUTCOME_KNOWN if extra else None)
             raise
 
     def _hold(self, sketch: Sketch, owner: str, budget: timedelta) -> Sketch:
