@@ -18,26 +18,10 @@ import httpx
 
 from bench.hot import log_time, parts_by_step, spread_parts
 from bench.measure import TraceTail, busy_union, cpu_seconds, most_at_once, percentile, read_trace, say
-from bench.stack import HTTP_TIMEOUT, Deployment, Stack
+from bench.stack import HTTP_TIMEOUT, LIVE, Deployment, Stack
 from devstack.stack import LOCAL_DEFAULTS, SWEEP_EVERY_SECONDS
 from shared.sketch import Sketch, Status
 
-# Novita as the simulator plays it by default (its own defaults), webhooks and all.
-LIVE: dict[str, Any] = {
-    "drop_webhooks": False,
-    "image_delay": 0.5,
-    "video_delay": 1.0,
-    "seedream_delay": 1.0,
-    "task_result_delay": 0.0,
-    "kling_accept_delay": 0.0,
-    "fail_tasks": {},
-    "http_errors": {},
-    "accept_then_drop_response": {},
-    "balance_exhausted": False,
-    "deliveries": 1,
-    "concurrent_deliveries": False,
-    "image_mode": "normal",
-}
 # How often the playground (devstack/playground) asks GET ?id= while a sketch is under way.
 CLIENT_POLL_SECONDS = 1.0
 E2E_SETUP = (

@@ -29,6 +29,7 @@ from devstack.pubsub import PubSubEmulator
 from devstack.simulator import SimulatorProcess
 from devstack.stack import Scheduler
 from devstack.storage import StorageEmulator
+from novita_simulator.config import SimulatorConfig
 from shared import firestore_rest
 from shared.google_api import GoogleApi
 from shared.sketch import CreateSketchRequest, Sketch, Stage, Status, new_sketch_id, utcnow
@@ -58,23 +59,34 @@ EMULATOR_WARMUP_OPS = 6000
 WARMUP_ROUND_OPS = 1500
 WARMUP_MORE_ROUNDS = 6
 WARMUP_PROBE_READS = 200
+# The simulator's switches a flow may change, at the simulator's own defaults: Novita as it plays by
+# default, webhooks and all. Each flow sets all of them, so none inherits what the one before left.
+FLOW_SWITCHES = {
+    "drop_webhooks",
+    "image_delay",
+    "video_delay",
+    "seedream_delay",
+    "task_result_delay",
+    "kling_accept_delay",
+    "fail_tasks",
+    "http_errors",
+    "accept_then_drop_response",
+    "balance_exhausted",
+    "deliveries",
+    "concurrent_deliveries",
+    "image_mode",
+}
+LIVE: dict[str, Any] = SimulatorConfig().model_dump(include=FLOW_SWITCHES)
 # The simulator as the figures that deliver their own webhooks want it: tasks are accepted and
 # answered, produce no media and send no webhook, so that its own work stays out of the figures.
-QUIET = {
+QUIET: dict[str, Any] = {
+    **LIVE,
     "personality": "guide",
     "drop_webhooks": True,
     "image_delay": 0.0,
     "video_delay": 0.0,
     "seedream_delay": 0.0,
-    "task_result_delay": 0.0,
-    "kling_accept_delay": 0.0,
     "fail_tasks": {"txt2img": 10**9, "kling": 10**9},
-    "http_errors": {},
-    "accept_then_drop_response": {},
-    "balance_exhausted": False,
-    "deliveries": 1,
-    "concurrent_deliveries": False,
-    "image_mode": "normal",
 }
 
 
