@@ -724,7 +724,10 @@ class Worker:
         def decide(s: Sketch) -> Changes | None:
             return changes if s.step_lease_owner == owner and not s.status.is_final else None
 
-        sketch, changed = self._store.mutate(known.id, decide, known=known)
+        # A copy that does not show this step's lease predates the claim, and deciding on it would
+        # leave the lease held: the document is read instead.
+        latest = known if known.step_lease_owner == owner else None
+        sketch, changed = self._store.mutate(known.id, decide, known=latest)
         return sketch if changed else None
 
     def _release(self, known: Sketch, owner: str, extra: Changes | None = None) -> None:
