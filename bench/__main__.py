@@ -40,6 +40,7 @@ from bench import flows, hostile, hot
 from bench.measure import machine_busy, ms, say, spread
 from bench.stack import EMULATOR_WARMUP_OPS, ROOT, WARMUP_ROUND_OPS, Deployment, Stack, running_stack
 from bench.stills import BIG_NAME, VIDEO_BYTES, write_media
+from devstack.pubsub import EMULATOR_PUSH_LOOPS
 
 SECTIONS = ("cold", "delivery", "chain", "load", "copy", "e2e", "firestore", "backlog", "hostile", "profile")
 NEEDS_MAIN = {"cold", "chain", "load"}
@@ -311,7 +312,7 @@ def backlog_rows(stack: Stack, count: int, sweep_every: float, interval: float, 
             f"backlog: {count:,} sketches, webhooks dropped, drained by the sweep until stored "
             f"(RECOVERY_INTERVAL_SECONDS={interval:g}, a sweep every {sweep_every:g} s)",
             measured,
-            f"180 s; 2 push loops x steps' own time {figures['push floor']:.0f} s; "
+            f"180 s; {EMULATOR_PUSH_LOOPS} push loops x steps' own time {figures['push floor']:.0f} s; "
             f"CPU of the stack {figures['cpu floor']:.0f} s",
             ratio,
             "<= 180 s",
@@ -332,7 +333,11 @@ def hostile_rows(log_dir: Path) -> list[Row]:
     targets.append(("novita_webhook_push", *webhook[1:4], "/?action=step"))
     for label, function, source, env, post_path in targets:
         say(f"hostile: {label} ...")
-        target = hostile.start(label, function, source, env, post_path, logs)
+        try:
+            target = hostile.start(label, function, source, env, post_path, logs)
+        except (RuntimeError, TimeoutError) as exc:
+            rows.append(Row(f"hostile {label}", f"did not start: {exc}"[:120], "-", "-", "-", False))
+            continue
         try:
             found = hostile.bench(target) if hostile.guarded(target) else []
         finally:

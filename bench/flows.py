@@ -18,15 +18,18 @@ import httpx
 
 from bench.hot import log_time, parts_by_step, spread_parts
 from bench.measure import TraceTail, busy_union, cpu_seconds, most_at_once, percentile, read_trace, say
-from bench.stack import HTTP_TIMEOUT, LIVE, Deployment, Stack
+from bench.stack import HTTP_TIMEOUT, SIMULATOR_DEFAULTS, Deployment, Stack
+from devstack.pubsub import EMULATOR_PUSH_LOOPS
 from devstack.stack import LOCAL_DEFAULTS, SWEEP_EVERY_SECONDS
+from shared.recovery import PAGE_SIZE, PARALLEL, SWEEP_SECONDS
 from shared.sketch import Sketch, Status
 
 # How often the playground (devstack/playground) asks GET ?id= while a sketch is under way.
 CLIENT_POLL_SECONDS = 1.0
+_SIM = SIMULATOR_DEFAULTS
 E2E_SETUP = (
-    f"simulator: image {LIVE['image_delay']:g} s, video {LIVE['video_delay']:g} s, Seedream "
-    f"{LIVE['seedream_delay']:g} s; RECOVERY_INTERVAL_SECONDS={LOCAL_DEFAULTS['RECOVERY_INTERVAL_SECONDS']}, "
+    f"simulator: image {_SIM['image_delay']:g} s, video {_SIM['video_delay']:g} s, Seedream "
+    f"{_SIM['seedream_delay']:g} s; RECOVERY_INTERVAL_SECONDS={LOCAL_DEFAULTS['RECOVERY_INTERVAL_SECONDS']}, "
     f"a sweep every {SWEEP_EVERY_SECONDS:g} s, GET ?id= every {CLIENT_POLL_SECONDS:g} s (the local stack)"
 )
 PERSONALITIES = ("guide", "reference")
@@ -142,7 +145,7 @@ def prompt_to_video(stack: Stack, later: int) -> list[PersonalityResult]:
     sketch (it meets the refused forms), then `later` more, one at a time."""
     results = []
     for personality in PERSONALITIES:
-        stack.configure(**LIVE, personality=personality)
+        stack.simulate(personality=personality)
         dep = stack.deploy(f"e2e-{personality}", env=dict(LOCAL_DEFAULTS), sweep_every=SWEEP_EVERY_SECONDS)
         result = PersonalityResult(personality)
         try:
@@ -174,7 +177,7 @@ def prompt_to_video(stack: Stack, later: int) -> list[PersonalityResult]:
         finally:
             stack.retire(dep)
         results.append(result)
-    stack.configure(**LIVE, personality="guide")
+    stack.simulate()
     return results
 
 
@@ -214,8 +217,8 @@ def backlog(stack: Stack, count: int, sweep_every: float, interval: float, timeo
     """`count` sketches whose stills are ready and whose webhooks never come, drained by the sweep
     (called every `sweep_every` s) with RECOVERY_INTERVAL_SECONDS=`interval`."""
     trace = stack.log_dir / "backlog-trace.jsonl"
-    sim = {**LIVE, "drop_webhooks": True, "image_delay": 0.2, "task_result_delay": 0.2}
-    stack.configure(**sim, personality="guide")
+    sim = {"drop_webhooks": True, "image_delay": 0.2, "task_result_delay": 0.2}
+    stack.simulate(**sim)
     # create_sketch makes each sketch due for recovery at once, as if its webhook were an interval
     # late already; the webhook (the sweep and the steps) runs with `interval`.
     dep = stack.deploy(
@@ -234,9 +237,11 @@ def backlog(stack: Stack, count: int, sweep_every: float, interval: float, timeo
         settings=(
             f"RECOVERY_INTERVAL_SECONDS={interval:g}; the sweep (?action=sweep, its bearer token) called "
             f"every {sweep_every:g} s, or as soon as the previous one answered when it took longer; the "
-            "sweep's own settings (shared/recovery.py): pages of 100, 16 sketches at once, 100 s budget; "
-            "simulator: task-result answers in 0.2 s, image 0.2 s, video 1.0 s, webhooks dropped; "
-            "Pub/Sub emulator: 2 pushes at a time"
+            f"sweep's own settings (shared/recovery.py): pages of {PAGE_SIZE}, {PARALLEL} sketches at "
+            f"once, {SWEEP_SECONDS:g} s budget; simulator: task-result answers in "
+            f"{sim['task_result_delay']:g} s, image {sim['image_delay']:g} s, video "
+            f"{_SIM['video_delay']:g} s, webhooks dropped; Pub/Sub emulator: {EMULATOR_PUSH_LOOPS} pushes "
+            "at a time"
         ),
     )
     try:
@@ -253,15 +258,14 @@ def backlog(stack: Stack, count: int, sweep_every: float, interval: float, timeo
         _drain(stack, dep, trace, result, sweep_every, timeout)
     finally:
         stack.retire(dep)
-        stack.configure(**LIVE, personality="guide")
+        stack.simulate()
     return result
 
 
 def _drain(
     stack: Stack, dep: Deployment, trace: Path, result: BacklogResult, sweep_every: float, timeout: float
 ) -> None:
-    tail = TraceTail(trace)
-    tail.new()  # the creates' lines are not the drain's
+    tail = TraceTail(trace)  # from here on: the creates' lines are not the drain's
     pids = dep.pids()
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     calls0 = stack.sim_stats()["requests"]
@@ -392,10 +396,11 @@ def backlog_breakdown(result: BacklogResult) -> tuple[list[str], dict[str, float
             others = [ln for ln in result.lines if ln["ev"] != "step"]
             parts = parts_by_step(others + done)
             lines.append(f"a {kind} step that did the work (ms, median/worst): {spread_parts(parts)}")
-    floor = sum(p.total for p in phases) / 2
+    floor = sum(p.total for p in phases) / EMULATOR_PUSH_LOOPS
     lines.append(
-        f"Pub/Sub pushes: at most {most_at_once(spans)} at once (the emulator's 2 push loops); a step was "
-        f"being pushed {pushed:.1f} s of the {wall:.1f} s; all steps' own time over 2 loops: {floor:.1f} s"
+        f"Pub/Sub pushes: at most {most_at_once(spans)} at once (the emulator's {EMULATOR_PUSH_LOOPS} "
+        f"push loops); a step was being pushed {pushed:.1f} s of the {wall:.1f} s; all steps' own time "
+        f"over {EMULATOR_PUSH_LOOPS} loops: {floor:.1f} s"
     )
     cores = os.cpu_count() or 1
     spent = sum(result.cpu.values())
@@ -408,7 +413,7 @@ def backlog_breakdown(result: BacklogResult) -> tuple[list[str], dict[str, float
         f"calls: Firestore {dict(fs)} from the webhook; Novita {result.calls} "
         f"({sum(result.calls[c] for c in CALLS) / result.count:.1f} per sketch)"
     )
-    figures = {"push floor": floor, "cpu floor": spent / cores, "sweeping": sweeping, "pushed": pushed}
+    figures = {"push floor": floor, "cpu floor": spent / cores}
     return lines, figures
 
 
@@ -454,7 +459,7 @@ def firestore_work(stack: Stack, sketches: int) -> list[FirestoreWork]:
     at a time, with Novita's webhooks delivered once, then twice at once."""
     trace = stack.log_dir / "firestore-trace.jsonl"
     trace.unlink(missing_ok=True)
-    stack.configure(**{**LIVE, "image_delay": 0.2, "video_delay": 0.3}, personality="guide")
+    stack.simulate(image_delay=0.2, video_delay=0.3)
     dep = stack.deploy("firestore", trace=trace)
     results = []
     try:
@@ -479,5 +484,5 @@ def firestore_work(stack: Stack, sketches: int) -> list[FirestoreWork]:
             say(f"  Firestore calls, {label}: {work.summary()}")
     finally:
         stack.retire(dep)
-        stack.configure(**LIVE, personality="guide")
+        stack.simulate()
     return results

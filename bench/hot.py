@@ -40,7 +40,6 @@ from shared.media import inspect_still
 from shared.sketch import Sketch, Status, StepKind
 from shared.steps import Step
 
-JSON = {"Content-Type": "application/json"}
 # The first chains of an instance import Pillow, open connections and warm the emulator's JIT.
 CHAIN_WARMUPS = 3
 LOAD_CONCURRENCY = 32
@@ -112,7 +111,7 @@ def _cold_cases(
     bare = server("bare", BENCH / "bare" / "main.py")
     create = server("create_sketch")
     hook = server("novita_webhook")
-    body = main.push_body(Step(kind=StepKind.CHAIN, sketch_id=sketch.id))
+    step = Step(kind=StepKind.CHAIN, sketch_id=sketch.id)
     return [
         ("bare", bare, lambda c: c.get(bare.url), lambda r: r.status_code == 200 and r.text == "ok"),
         (
@@ -124,7 +123,7 @@ def _cold_cases(
         (
             "novita_webhook",
             hook,
-            lambda c: c.post(f"{hook.url}?action=step", content=body, headers=JSON),
+            lambda c: main.push(step, c, url=hook.url)[1],
             lambda r: outcome(r) == "duplicate",
         ),
     ]
@@ -342,8 +341,6 @@ def run_chain(stack: Stack, dep: Deployment, sketch: Sketch) -> tuple[float, Wat
     worker's memory and CPU around it, and its parts (from the deployment's trace, if it has one)."""
     stack.wait_sim_idle()
     tail = TraceTail(dep.trace) if dep.trace is not None else None
-    if tail is not None:
-        tail.new()
     with Watch(dep.webhook.worker_pid()) as watch:
         elapsed, response = dep.push(Step(kind=StepKind.CHAIN, sketch_id=sketch.id))
     if not applied(response):
@@ -473,8 +470,6 @@ def load(stack: Stack, main: Deployment, runs: int, kling_latency: float) -> Loa
         cpu0 = {name: cpu_seconds(pid) for name, pid in others.items()}
         overflows = listen_overflows()
         tail = TraceTail(main.trace) if main.trace is not None else None
-        if tail is not None:
-            tail.new()
         with Watch(main.webhook.worker_pid()) as watch:
             latencies, errors, wall = _crowd(main, sketches[LOAD_SINGLES:])
         result.overflows.append(listen_overflows() - overflows)
@@ -628,7 +623,7 @@ def _render(folder: Path, top: int, tree: bool) -> str:
 
     sessions = sorted(folder.glob("*.pyisession"))
     if not sessions:
-        return "(no profile: pyinstrument is not installed)"
+        return "(no profile was saved)"
     combined = Session.load(str(sessions[0]))
     for path in sessions[1:]:
         combined = Session.combine(combined, Session.load(str(path)))

@@ -184,21 +184,23 @@ def most_at_once(intervals: Iterable[tuple[float, float]]) -> int:
 
 
 class TraceTail:
-    """The new lines of a trace file since the last look."""
+    """The lines a trace file gains from now on, a look at a time."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._offset = 0
         self._partial = b""
+        self._lines()  # what is there already is not new (a line half written is finished later)
 
     def new(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self._lines() if line.strip()]
+
+    def _lines(self) -> list[bytes]:
         if not self._path.exists():
             return []
         with self._path.open("rb") as handle:
             handle.seek(self._offset)
             data = handle.read()
         self._offset += len(data)
-        data, self._partial = self._partial + data, b""
-        *complete, rest = data.split(b"\n")
-        self._partial = rest
-        return [json.loads(line) for line in complete if line.strip()]
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        return complete

@@ -54,34 +54,17 @@ INSTANCE_CONCURRENCY = 32
 # ms after about 5,000. Firestore itself is no fresh JVM, so the figures are taken on a warm one.
 EMULATOR_WARMUP_OPS = 6000
 # Then rounds of this many more, at most WARMUP_MORE_ROUNDS, until a read costs the emulator no
-# less CPU than after the round before: 6,000 calls from 4 threads left a read at 3-4 ms of its
+# more than 15% less CPU than after the round before: 6,000 calls from 4 threads left a read at 3-4 ms of its
 # CPU here, 2,100 more at 1.5 ms.
 WARMUP_ROUND_OPS = 1500
 WARMUP_MORE_ROUNDS = 6
 WARMUP_PROBE_READS = 200
-# The simulator's switches a flow may change, at the simulator's own defaults: Novita as it plays by
-# default, webhooks and all. Each flow sets all of them, so none inherits what the one before left.
-FLOW_SWITCHES = {
-    "drop_webhooks",
-    "image_delay",
-    "video_delay",
-    "seedream_delay",
-    "task_result_delay",
-    "kling_accept_delay",
-    "fail_tasks",
-    "http_errors",
-    "accept_then_drop_response",
-    "balance_exhausted",
-    "deliveries",
-    "concurrent_deliveries",
-    "image_mode",
-}
-LIVE: dict[str, Any] = SimulatorConfig().model_dump(include=FLOW_SWITCHES)
+# The simulator as it starts (the bench gives it no flags): Novita as it plays by default, webhooks
+# and all.
+SIMULATOR_DEFAULTS: dict[str, Any] = SimulatorConfig().model_dump(mode="json")
 # The simulator as the figures that deliver their own webhooks want it: tasks are accepted and
 # answered, produce no media and send no webhook, so that its own work stays out of the figures.
 QUIET: dict[str, Any] = {
-    **LIVE,
-    "personality": "guide",
     "drop_webhooks": True,
     "image_delay": 0.0,
     "video_delay": 0.0,
@@ -106,7 +89,6 @@ class Deployment:
         webhook_source: Path | None = None,
     ) -> None:
         self.stack = stack
-        self.name = name
         logs = stack.log_dir / name
         # A Cloud Storage emulator of its own: the emulator rewrites the metadata of every object it
         # holds on each upload, so the objects other sections left would make each upload slower.
@@ -218,7 +200,9 @@ class Deployment:
     def delete_objects(self, names: list[str]) -> None:
         """Delete objects, so that the emulator's cost per upload stays that of a small bucket."""
         for name in names:
-            self.http.delete(f"{self.storage.url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}")
+            answer = self.http.delete(f"{self.storage.url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}")
+            if answer.status_code not in (204, 404):
+                answer.raise_for_status()
 
     def purge(self) -> None:
         """Drop every step still queued for this deployment."""
@@ -261,7 +245,7 @@ class Deployment:
             progress=30,
         )
 
-    def video_ready(self, prompt: str, video_url: str, still_object: str | None = None) -> Sketch:
+    def video_ready(self, prompt: str, video_url: str) -> Sketch:
         """A sketch whose video is made, waiting for its copy step."""
         expires = utcnow() + timedelta(hours=1)
         return self.put_sketch(
@@ -269,7 +253,6 @@ class Deployment:
             Status.VIDEO_PENDING,
             image_task_id=f"bench-image-{uuid.uuid4().hex[:12]}",
             video_task_id=f"bench-video-{uuid.uuid4().hex[:12]}",
-            image_object=still_object,
             novita_video_url=video_url,
             novita_video_url_expires_at=expires,
             progress=90,
@@ -326,13 +309,11 @@ class Deployment:
     def webhook_url(self, sketch_id: str, stage: Stage = "image") -> str:
         return webhook_url(self.webhook.url, WEBHOOK_SECRET, sketch_id, stage)
 
-    def deliver(
-        self, sketch_id: str, event: dict[str, Any], client: httpx.Client | None = None
-    ) -> tuple[float, httpx.Response]:
+    def deliver(self, sketch_id: str, event: dict[str, Any]) -> tuple[float, httpx.Response]:
         body = json.dumps(event).encode()
         url = self.webhook_url(sketch_id)
         t0 = time.perf_counter()
-        response = (client or self.http).post(url, content=body, headers={"Content-Type": "application/json"})
+        response = self.http.post(url, content=body, headers={"Content-Type": "application/json"})
         return time.perf_counter() - t0, response
 
     def sweep(self, client: httpx.Client | None = None) -> httpx.Response:
@@ -459,10 +440,15 @@ class Stack:
     # ----------------------------------------------------------------------------- simulator
 
     def configure(self, **changes: Any) -> None:
+        """Change some of the simulator's switches, keeping the rest as they are."""
         self.http.post(f"{self.simulator.url}/_sim/config", json=changes).raise_for_status()
 
+    def simulate(self, **changes: Any) -> None:
+        """The simulator at its defaults but for `changes`, whatever the flow before had set."""
+        self.configure(**{**SIMULATOR_DEFAULTS, **changes})
+
     def quiet(self, **changes: Any) -> None:
-        self.configure(**{**QUIET, **changes})
+        self.simulate(**{**QUIET, **changes})
 
     def sim_stats(self) -> dict[str, Any]:
         return dict(self.http.get(f"{self.simulator.url}/_sim/stats").json())

@@ -29,6 +29,8 @@ JARS_IN_SDK = Path("platform/pubsub-emulator/lib")
 # Locally a step comes back within seconds, and ends in the dead letters after five tries: the
 # production policy's minutes would make every test of a fault wait for them.
 LOCAL_RETRY = RetryPolicy(min_backoff_seconds=1, max_backoff_seconds=4, max_delivery_attempts=5)
+# The emulator pushes each subscription's messages from this many loops, however many wait.
+EMULATOR_PUSH_LOOPS = 2
 
 
 def find_jar() -> Path:

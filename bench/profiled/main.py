@@ -1,8 +1,8 @@
 """Bench only: `novita_webhook` with each request marked `X-Bench-Profile: 1` run under a profiler.
 
 Served exactly like the real function (`--source bench/profiled/main.py --target novita_webhook`);
-each profiled request's session is saved to BENCH_PROFILE_DIR (pyinstrument JSON, or a cProfile
-dump when pyinstrument is not installed).
+each profiled request's pyinstrument session is saved to BENCH_PROFILE_DIR (pyinstrument is in
+requirements-dev.txt).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import flask
 import functions_framework
+from pyinstrument import Profiler
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(os.environ.get("BENCH_PROFILE_DIR", "/tmp/bench-profiles"))
@@ -27,11 +28,6 @@ assert _spec is not None and _spec.loader is not None
 _real = importlib.util.module_from_spec(_spec)
 sys.modules["novita_webhook_main"] = _real
 _spec.loader.exec_module(_real)
-
-try:
-    from pyinstrument import Profiler
-except ImportError:  # pragma: no cover - cProfile fallback
-    Profiler = None
 
 _lock = threading.Lock()  # one profiled request at a time
 
@@ -46,17 +42,9 @@ def novita_webhook(request: flask.Request) -> flask.Response:
     folder.mkdir(parents=True, exist_ok=True)
     name = folder / uuid.uuid4().hex
     with _lock:
-        if Profiler is not None:
-            profiler = Profiler(interval=0.0005, async_mode="disabled")
-            profiler.start()
-            try:
-                return _real.novita_webhook(request)
-            finally:
-                profiler.stop().save(str(name) + ".pyisession")
-        import cProfile
-
-        prof = cProfile.Profile()
+        profiler = Profiler(interval=0.0005, async_mode="disabled")
+        profiler.start()
         try:
-            return prof.runcall(_real.novita_webhook, request)
+            return _real.novita_webhook(request)
         finally:
-            prof.dump_stats(str(name) + ".pstats")
+            profiler.stop().save(str(name) + ".pyisession")
