@@ -21,8 +21,8 @@ from bench.measure import TraceTail, busy_union, cpu_seconds, most_at_once, perc
 from bench.stack import HTTP_TIMEOUT, SIMULATOR_DEFAULTS, Deployment, Stack
 from devstack.pubsub import EMULATOR_PUSH_LOOPS
 from devstack.stack import LOCAL_DEFAULTS, SWEEP_EVERY_SECONDS
-from shared.recovery import PAGE_SIZE, PARALLEL, SWEEP_SECONDS
-from shared.sketch import Sketch, Status
+from shared.pipeline.recovery import PAGE_SIZE, PARALLEL, SWEEP_SECONDS
+from shared.sketch.model import Sketch, Status
 
 # How often the playground (devstack/playground) asks GET ?id= while a sketch is under way.
 CLIENT_POLL_SECONDS = 1.0
@@ -237,8 +237,8 @@ def backlog(stack: Stack, count: int, sweep_every: float, interval: float, timeo
         settings=(
             f"RECOVERY_INTERVAL_SECONDS={interval:g}; the sweep (?action=sweep, its bearer token) called "
             f"every {sweep_every:g} s, or as soon as the previous one answered when it took longer; the "
-            f"sweep's own settings (shared/recovery.py): pages of {PAGE_SIZE}, {PARALLEL} sketches at "
-            f"once, {SWEEP_SECONDS:g} s budget; simulator: task-result answers in "
+            f"sweep's own settings (shared/pipeline/recovery.py): pages of {PAGE_SIZE}, {PARALLEL} "
+            f"sketches at once, {SWEEP_SECONDS:g} s budget; simulator: task-result answers in "
             f"{sim['task_result_delay']:g} s, image {sim['image_delay']:g} s, video "
             f"{_SIM['video_delay']:g} s, webhooks dropped; Pub/Sub emulator: {EMULATOR_PUSH_LOOPS} pushes "
             "at a time"

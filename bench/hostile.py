@@ -1,4 +1,4 @@
-"""Hostile clients against functions under the body guard (shared/http_guard.py), on loopback.
+"""Hostile clients against functions under the body guard (shared/edge/guard.py), on loopback.
 
     PYTHONPATH=. .venv/bin/python -m bench.hostile
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from devstack.functions import ROOT, FunctionServer
 from devstack.processes import LOOPBACK, free_port, wait_until
-from shared.http_guard import READ_TIMEOUT
+from shared.edge.guard import READ_TIMEOUT
 
 THREADS = 32
 UPLOADERS = 8

@@ -36,9 +36,9 @@ from bench.stack import (
 from bench.stills import BIG_NAME, TYPICAL_NAME, VIDEO_BYTES, VIDEO_NAME
 from devstack.functions import FunctionServer
 from devstack.processes import free_port, wait_until
-from shared.media import inspect_still
-from shared.sketch import Sketch, Status, StepKind
-from shared.steps import Step
+from shared.media.still import inspect_still
+from shared.pipeline.queue import Step
+from shared.sketch.model import Sketch, Status, StepKind
 
 # The first chains of an instance import Pillow, open connections and warm the emulator's JIT.
 CHAIN_WARMUPS = 3

@@ -30,14 +30,15 @@ from devstack.simulator import SimulatorProcess
 from devstack.stack import Scheduler
 from devstack.storage import StorageEmulator
 from novita_simulator.config import SimulatorConfig
-from shared import firestore_rest
-from shared.google_api import GoogleApi
-from shared.sketch import CreateSketchRequest, Sketch, Stage, Status, new_sketch_id, utcnow
-from shared.sketch_store import SketchStore
-from shared.steps import Step
-from shared.storage_rest import CHUNK_BYTES
-from shared.tokens import sweep_token, webhook_url
-from shared.topology import DEAD_LETTER_SUBSCRIPTION, STEP_ACTION, SUBSCRIPTION
+from shared.core.tokens import sweep_token, webhook_url
+from shared.google import firestore as firestore_rest
+from shared.google.api import GoogleApi
+from shared.google.storage import CHUNK_BYTES
+from shared.pipeline.queue import Step
+from shared.pipeline.topology import DEAD_LETTER_SUBSCRIPTION, STEP_ACTION, SUBSCRIPTION
+from shared.sketch.model import Sketch, Stage, Status, new_sketch_id, utcnow
+from shared.sketch.request import CreateSketchRequest
+from shared.sketch.store import SketchStore
 
 API_KEY = "bench-novita-key"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
@@ -486,7 +487,7 @@ def image_success(task_id: str, image_url: str) -> dict[str, Any]:
 
 
 def kling_fields(sketch: Sketch, video_webhook: str) -> dict[str, str]:
-    """The Kling form fields the project sends in the guide's form (shared/novita_client.py)."""
+    """The Kling form fields the project sends in the guide's form (shared/novita/client.py)."""
     return {
         "prompt": sketch.video_prompt,
         "negative_prompt": sketch.negative_prompt,

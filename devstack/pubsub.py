@@ -1,5 +1,5 @@
 """Google's Pub/Sub emulator, started as one JVM bound to loopback, and the steps' topology on it,
-made from the same definitions deploy.sh uses (`shared/topology.py`)."""
+made from the same definitions deploy.sh uses (`shared/pipeline/topology.py`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 
 from devstack.emulator import sdk_roots
 from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
-from shared.topology import (
+from shared.pipeline.topology import (
     DEAD_LETTER_ACTION,
     DEAD_LETTER_SUBSCRIPTION,
     DEAD_LETTER_TOPIC,

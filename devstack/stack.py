@@ -22,8 +22,8 @@ from devstack.processes import LOOPBACK, free_port
 from devstack.pubsub import PubSubEmulator
 from devstack.simulator import SimulatorProcess
 from devstack.storage import StorageEmulator
-from shared.config import VARIABLES
-from shared.tokens import sweep_token
+from shared.core.config import VARIABLES
+from shared.core.tokens import sweep_token
 
 PROJECT = "sketch-machine-local"
 BUCKET = "sketch-machine-local-media"
@@ -33,7 +33,12 @@ WEBHOOK_SECRET = "local-webhook-secret"
 # Cloud Scheduler calls the sweep every minute in production; locally it is the only way videos
 # arrive when Novita sends no webhook (as its reference says of Kling), so it runs every few seconds.
 SWEEP_EVERY_SECONDS = 3.0
-LOCAL_DEFAULTS = {"RECOVERY_INTERVAL_SECONDS": "3", "MEDIA_URL_POLICY": "any", "AUTH_MODE": "none"}
+LOCAL_DEFAULTS = {
+    "RECOVERY_INTERVAL_SECONDS": "3",
+    "MEDIA_URL_POLICY": "any",
+    "AUTH_MODE": "none",
+    "CORS_ALLOWED_ORIGINS": "*",
+}
 
 
 class Scheduler:

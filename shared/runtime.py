@@ -11,19 +11,25 @@ from functools import cache
 
 import httpx
 
-from shared import firestore_rest, logs, pubsub_rest, storage_rest
-from shared.config import ConfigError, Settings, get_settings
-from shared.creation import Creator
-from shared.google_api import EMULATOR_TOKEN, TIMEOUT, GoogleApi, MetadataToken, TokenSource
-from shared.idempotency import IdempotencyKeys
-from shared.media import media_client
-from shared.novita_client import NovitaClient
-from shared.recovery import Recovery
-from shared.results import Results
-from shared.sketch_store import SketchStore
-from shared.spending import BalanceBreaker, DailyCap
-from shared.steps import StepQueue
-from shared.worker import Worker
+from shared.core import logs
+from shared.core.config import ConfigError, Settings, get_settings
+from shared.google import firestore as firestore_rest
+from shared.google import pubsub as pubsub_rest
+from shared.google import storage as storage_rest
+from shared.google.api import EMULATOR_TOKEN, TIMEOUT, GoogleApi, MetadataToken, TokenSource
+from shared.media.fetch import media_client
+from shared.media.policy import default_resolver
+from shared.novita.client import NovitaClient
+from shared.pipeline.creation import Creator
+from shared.pipeline.queue import StepQueue
+from shared.pipeline.recovery import Recovery
+from shared.pipeline.results import Results
+from shared.pipeline.steps import Worker
+from shared.pipeline.work import Tools
+from shared.sketch.store import SketchStore
+from shared.spending.breaker import BalanceBreaker
+from shared.spending.daily import DailyCap
+from shared.spending.idempotency import IdempotencyKeys
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +110,9 @@ def _build_runtime() -> Runtime:
     breaker = BalanceBreaker(db, settings.sketches_collection, settings.balance_breaker_seconds)
     # A media host's fault that may pass fails the step, which Pub/Sub delivers again with backoff.
     media_http = media_client(transport=httpx.HTTPTransport(verify=tls))
-    worker = Worker(settings, store, results, novita, queue, breaker, media_http, storage)
+    worker = Worker(
+        Tools(settings, store, results, novita, queue, breaker, media_http, storage, default_resolver)
+    )
     creator = Creator(
         settings,
         store,

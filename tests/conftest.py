@@ -23,12 +23,12 @@ from devstack.pubsub import PubSubEmulator
 from devstack.stack import Scheduler
 from devstack.storage import StorageEmulator
 from novita_simulator import NovitaSimulator, SimulatorConfig
-from shared.google_api import GoogleApi
-from shared.pubsub_rest import PubSub
-from shared.sketch import Sketch, Stage
-from shared.steps import Step
-from shared.tokens import sweep_token, webhook_url
-from shared.topology import DEAD_LETTER_SUBSCRIPTION, SUBSCRIPTION, TOPIC
+from shared.core.tokens import sweep_token, webhook_url
+from shared.google.api import GoogleApi
+from shared.google.pubsub import PubSub
+from shared.pipeline.queue import Step
+from shared.pipeline.topology import DEAD_LETTER_SUBSCRIPTION, SUBSCRIPTION, TOPIC
+from shared.sketch.model import Sketch, Stage
 
 # The Firebase project ID tokens are minted for; each stack's Google Cloud project is its own.
 PROJECT = "sketch-machine-test"
@@ -146,6 +146,8 @@ class Stack:
             "STORAGE_EMULATOR_HOST": storage.url,
             "MEDIA_BUCKET": BUCKET,
             "MEDIA_URL_POLICY": "any",
+            "AUTH_MODE": "none",
+            "CORS_ALLOWED_ORIGINS": "*",
             **env,
         }
         self.webhook = FunctionServer(

@@ -22,7 +22,7 @@ import pytest
 from conftest import LOG_DIR, PROJECT, Stack
 from firebase_tokens import CERTS_MAX_AGE, KEY, OTHER_KEY, CertServer, SigningKey, claims, google_certs
 
-from shared.caller_auth import max_age
+from shared.edge.callers import max_age
 
 ORIGIN = "https://app.example"
 PROMPT = {"prompt": "a lighthouse knitting a scarf"}

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from devstack.functions import ROOT
-from shared.config import ConfigError, settings_from
+from shared.core.config import ConfigError, settings_from
 
 BASE = {
     "NOVITA_API_KEY": "k",
@@ -26,7 +26,9 @@ def test_defaults() -> None:
     assert settings.media_url_policy == "public-https"
     assert settings.t2i_model == "seedream_3_0"
     assert settings.webhook_test_mode is None
-    assert settings.auth_mode == "none" and settings.cors_allowed_origins == ("*",)
+    # Safe by default: Firebase ID tokens required, no browser origin allowed.
+    assert settings.auth_mode == "firebase" and settings.cors_allowed_origins == ()
+    assert settings.webhook_door == "public" and settings.app_check == "off"
     assert settings.firestore_emulator_host is None
     assert settings.metadata_host == "metadata.google.internal"
 

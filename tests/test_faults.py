@@ -19,8 +19,8 @@ from conftest import WEBHOOK_SECRET, Stack, record_figure
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.media import MediaRejected, check_media_url
-from shared.tokens import sketch_token
+from shared.core.tokens import sketch_token
+from shared.media.policy import MediaRejected, check_media_url
 
 pytestmark = pytest.mark.faults
 FINAL = ("complete", "failed")

@@ -16,7 +16,15 @@ import pytest
 from google.cloud import firestore
 
 from devstack.emulator import FirestoreEmulator
-from shared.firestore_rest import (
+from shared.google.api import (
+    TIMEOUT,
+    AlreadyExists,
+    ApiError,
+    GoogleApi,
+    PreconditionFailed,
+    Unavailable,
+)
+from shared.google.firestore import (
     NAME_FIELD,
     Direction,
     Document,
@@ -26,15 +34,7 @@ from shared.firestore_rest import (
     encode_fields,
     field_path,
 )
-from shared.google_api import (
-    TIMEOUT,
-    AlreadyExists,
-    ApiError,
-    GoogleApi,
-    PreconditionFailed,
-    Unavailable,
-)
-from shared.sketch import Status
+from shared.sketch.model import Status
 from tests.conftest import Scripted
 
 # A project of these tests' own on the shared emulator.

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from devstack.functions import ROOT
-from shared.config import settings_from
-from shared.google_api import (
+from shared.core.config import settings_from
+from shared.google.api import (
     EMULATOR_TOKEN,
     RETRY_WINDOW,
     AlreadyExists,
@@ -32,7 +32,7 @@ from shared.google_api import (
     Unavailable,
     error_from,
 )
-from shared.pubsub_rest import Message
+from shared.google.pubsub import Message
 from shared.runtime import firestore_client, google_token, pubsub_client, storage_client
 from tests.conftest import Scripted, firestore_error
 

@@ -1,4 +1,4 @@
-"""The body guard (shared/http_guard.py) and the strict JSON reader (shared/http_api.py), through real
+"""The body guard (shared/edge/guard.py) and the strict JSON reader (shared/edge/answers.py), through real
 HTTP: functions-framework serving tests/fixtures/guarded_function on loopback, hostile clients on raw
 sockets where an HTTP client cannot send such bytes. Every exchange is bounded in time and size."""
 
@@ -20,7 +20,7 @@ from werkzeug.test import EnvironBuilder
 
 from devstack.functions import ROOT, FunctionServer
 from devstack.processes import LOOPBACK, free_port
-from shared.http_api import InvalidJson, UnsupportedMediaType, parse_json, require_json_content_type
+from shared.edge.answers import InvalidJson, UnsupportedMediaType, parse_json, require_json_content_type
 
 FIXTURE = ROOT / "tests" / "fixtures" / "guarded_function" / "main.py"
 THREADS = 4

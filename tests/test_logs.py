@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from conftest import API_KEY, LOG_DIR, PROJECT, WEBHOOK_SECRET, Stack
 
-from shared import logs
-from shared.tokens import sketch_token, sweep_token
+from shared.core import logs
+from shared.core.tokens import sketch_token, sweep_token
 
 TRACE_HEADER = "105445aa7843bc8bf206b12000100000/1;o=1"
 TRACE = f"projects/{PROJECT}/traces/105445aa7843bc8bf206b12000100000"

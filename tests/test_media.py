@@ -1,4 +1,4 @@
-"""Tests for shared.media.
+"""Tests for shared.media.fetch.
 
 Only loopback is ever connected to. Refusals of metadata, private and
 link-local destinations are exercised through `check_media_url` with stub
@@ -34,20 +34,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from shared.deadline import Deadline
-from shared.media import (
+from shared.core.deadline import Deadline
+from shared.media.fetch import fetch_media, media_client, stream_media
+from shared.media.policy import (
     MediaError,
     MediaExpired,
     MediaRejected,
     MediaUnavailable,
-    Still,
     check_media_url,
     default_resolver,
-    fetch_media,
-    inspect_still,
-    media_client,
-    stream_media,
 )
+from shared.media.still import Still, inspect_still
 
 pytestmark = pytest.mark.timeout(30)
 

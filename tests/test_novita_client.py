@@ -18,10 +18,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from novita_simulator import NovitaSimulator, SimulatorConfig
-from shared.config import settings_from
-from shared.deadline import Deadline
-from shared.media import Still, inspect_still
-from shared.novita_client import (
+from shared.core.config import settings_from
+from shared.core.deadline import Deadline
+from shared.media.still import Still, inspect_still
+from shared.novita.client import (
     MIN_POST_SECONDS,
     NovitaClient,
     NovitaOutcomeUnknown,

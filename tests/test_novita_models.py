@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.novita_models import MAX_REASON, SeedreamImages, TaskResult, WebhookEvent, WebhookTask
+from shared.novita.models import MAX_REASON, SeedreamImages, TaskResult, WebhookEvent, WebhookTask
 
 IMAGE = {"image_url": "https://cdn.test/a.jpg", "image_type": "jpeg"}
 SUCCEEDED = {"task_id": "t", "status": "TASK_STATUS_SUCCEED"}

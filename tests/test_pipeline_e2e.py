@@ -15,8 +15,8 @@ import httpx
 import pytest
 from conftest import Stack
 
-from shared.sketch import StepKind
-from shared.steps import Step
+from shared.pipeline.queue import Step
+from shared.sketch.model import StepKind
 
 FORGED_VIDEO = "http://127.0.0.1:9/forged.mp4"
 

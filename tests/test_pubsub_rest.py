@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from devstack.pubsub import PubSubEmulator
-from shared.google_api import RETRY_WINDOW, TIMEOUT, GoogleApi, NotFound
-from shared.pubsub_rest import MAX_BATCH, Message, PubSub
+from shared.google.api import RETRY_WINDOW, TIMEOUT, GoogleApi, NotFound
+from shared.google.pubsub import MAX_BATCH, Message, PubSub
 from tests.conftest import Scripted, firestore_error
 
 # A project of these tests' own on the shared emulator.

@@ -17,9 +17,10 @@ import pytest
 from conftest import WEBHOOK_SECRET, Stack
 
 from devstack.functions import ROOT
-from shared.sketch import CreateSketchRequest, Sketch, StepKind, new_sketch_id, utcnow
-from shared.steps import Step
-from shared.tokens import sweep_token
+from shared.core.tokens import sweep_token
+from shared.pipeline.queue import Step
+from shared.sketch.model import Sketch, StepKind, new_sketch_id, utcnow
+from shared.sketch.request import CreateSketchRequest
 
 
 def poll_until_final(stack: Stack, sketch_id: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -158,7 +159,7 @@ def test_a_sweep_out_of_time_says_so_and_the_next_one_goes_on(sweep_stack: Stack
 
     def run_sweep(seconds: float) -> dict[str, Any]:
         run = subprocess.run(
-            [sys.executable, "-m", "shared.recovery", "--seconds", str(seconds)],
+            [sys.executable, "-m", "shared.ops", "sweep", "--seconds", str(seconds)],
             env=env,
             capture_output=True,
             text=True,
@@ -201,7 +202,7 @@ def test_sweep_command_and_token_run_from_the_shell(recovery_stack: Stack) -> No
     env = {**os.environ, **stack.env, "PYTHONPATH": str(ROOT)}
 
     run = subprocess.run(
-        [sys.executable, "-m", "shared.recovery", "--seconds", "30"],
+        [sys.executable, "-m", "shared.ops", "sweep", "--seconds", "30"],
         env=env,
         capture_output=True,
         text=True,
@@ -210,7 +211,7 @@ def test_sweep_command_and_token_run_from_the_shell(recovery_stack: Stack) -> No
     )
     # deploy.sh pipes the secret in, so that it never shows on a command line.
     token = subprocess.run(
-        [sys.executable, "-m", "shared.tokens", "sweep-token"],
+        [sys.executable, "-m", "shared.core.tokens", "sweep-token"],
         env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)},
         input=WEBHOOK_SECRET,
         capture_output=True,

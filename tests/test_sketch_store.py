@@ -7,10 +7,11 @@ from typing import Any
 
 import httpx
 
-from shared.firestore_rest import Firestore, encode_fields
-from shared.google_api import GoogleApi
-from shared.sketch import CreateSketchRequest, Sketch, Status, utcnow
-from shared.sketch_store import SketchStore
+from shared.google.api import GoogleApi
+from shared.google.firestore import Firestore, encode_fields
+from shared.sketch.model import Sketch, Status, utcnow
+from shared.sketch.request import CreateSketchRequest
+from shared.sketch.store import SketchStore
 from tests.conftest import Scripted, firestore_error
 
 DOCUMENTS = "projects/p/databases/(default)/documents"

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from devstack.storage import StorageEmulator
-from shared.deadline import Deadline
-from shared.google_api import TIMEOUT, GoogleApi, StaticToken, Unavailable
-from shared.storage_rest import CHUNK_BYTES, PRODUCTION_URL, TOKEN_METADATA, ObjectExists, Storage
+from shared.core.deadline import Deadline
+from shared.google.api import TIMEOUT, GoogleApi, StaticToken, Unavailable
+from shared.google.storage import CHUNK_BYTES, PRODUCTION_URL, TOKEN_METADATA, ObjectExists, Storage
 from tests.conftest import Scripted, firestore_error
 
 Connect = Callable[[httpx.BaseTransport], Storage]

@@ -8,9 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.sketch import StepKind
-from shared.steps import MalformedPush, Step, read_push
-from shared.tokens import InvalidToken, sketch_token, step_signature, sweep_token, verify, webhook_url
+from shared.core.tokens import InvalidToken, sketch_token, step_signature, sweep_token, verify, webhook_url
+from shared.pipeline.queue import MalformedPush, Step, read_push
+from shared.sketch.model import StepKind
 
 SECRET = "s3cret-for-tokens"
 SKETCH = "0123456789abcdef0123456789abcdef"

@@ -1,13 +1,13 @@
 """Bench only: trace what a function process does, for the figures that need to know where work went.
 
 Put this folder first on PYTHONPATH and set BENCH_TRACE to a file. Every call of the Firestore
-client (`shared.firestore_rest.Firestore`: `get`, `commit`, `query`; `create`, `update` and
-`increment` are commits), every step published (`shared.steps.StepQueue.publish`), every step run
-(`shared.worker.Worker.run`), every sweep (`shared.recovery.Recovery.sweep`) and each part of a
-step (the media download, the still's check, the upload to the bucket, the request to Kling, the
-balance breaker's look) appends one JSON line to that file with O_APPEND, stamped with wall-clock
-times, so that lines from several processes (and a forked gunicorn worker) can be put side by
-side. A line costs a few microseconds.
+client (`shared.google.firestore.Firestore`: `get`, `commit`, `query`; `create`, `update` and
+`increment` are commits), every step published (`shared.pipeline.queue.StepQueue.publish`), every
+step run (`shared.pipeline.steps.Worker.run`), every sweep (`shared.pipeline.recovery.Recovery.sweep`)
+and each part of a step (the media download, the still's check, the upload to the bucket, the
+request to Kling, the balance breaker's look) appends one JSON line to that file with O_APPEND,
+stamped with wall-clock times, so that lines from several processes (and a forked gunicorn worker)
+can be put side by side. A line costs a few microseconds.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ _PATH = os.environ.get("BENCH_TRACE")
 
 
 def _install(path: str) -> None:
-    from shared import worker
-    from shared.firestore_rest import Firestore, Write
-    from shared.novita_client import NovitaClient
-    from shared.recovery import Recovery
-    from shared.spending import BalanceBreaker
-    from shared.steps import StepQueue
-    from shared.storage_rest import Storage
-    from shared.worker import Worker
+    from shared.google.firestore import Firestore, Write
+    from shared.google.storage import Storage
+    from shared.novita.client import NovitaClient
+    from shared.pipeline import chain
+    from shared.pipeline.queue import StepQueue
+    from shared.pipeline.recovery import Recovery
+    from shared.pipeline.steps import Worker
+    from shared.spending.breaker import BalanceBreaker
 
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -122,9 +122,9 @@ def _install(path: str) -> None:
     ):
         traced(cls, name, lambda self, *args, result, name=name, **kw: {"ev": "call", "fn": name})
     for name in ("fetch_media", "inspect_still"):
-        # Called by the worker under the names it imported: wrapped where it looks them up.
-        original = getattr(worker, name)
-        setattr(worker, name, _timed(original, name, emit))
+        # Called by the chain under the names it imported: wrapped where it looks them up.
+        original = getattr(chain, name)
+        setattr(chain, name, _timed(original, name, emit))
     traced(
         Recovery,
         "sweep",

@@ -11,26 +11,28 @@ import flask
 import functions_framework
 from pydantic import ValidationError
 
-from shared import gallery, logs
-from shared.caller_auth import AuthError, KeysUnavailable, authenticate
-from shared.creation import StartFailed, TooManySketches, answer_for
-from shared.http_api import (
+from shared.core import logs
+from shared.edge.answers import (
     UnsupportedMediaType,
-    cors_headers,
     error_response,
     internal_error,
     json_response,
     method_not_allowed,
     parse_json,
-    preflight,
     require_json_content_type,
 )
-from shared.http_guard import install as install_body_guard
-from shared.idempotency import Answer, KeyInUse, KeyReused, valid_key
+from shared.edge.callers import AuthError, KeysUnavailable, authenticate
+from shared.edge.cors import cors_headers, preflight
+from shared.edge.guard import install as install_body_guard
+from shared.pipeline.creation import StartFailed, TooManySketches, answer_for
 from shared.runtime import get_runtime, load_settings_or_exit
-from shared.sketch import CreateSketchRequest, Sketch, is_sketch_id, utcnow
-from shared.sketch_store import StoreUnavailable
-from shared.spending import BalanceExhausted, DailyLimitReached
+from shared.sketch import gallery
+from shared.sketch.model import Sketch, is_sketch_id, utcnow
+from shared.sketch.request import CreateSketchRequest
+from shared.sketch.store import StoreUnavailable
+from shared.spending.breaker import BalanceExhausted
+from shared.spending.daily import DailyLimitReached
+from shared.spending.idempotency import Answer, KeyInUse, KeyReused, valid_key
 
 log = logging.getLogger("create_sketch")
 settings = load_settings_or_exit()

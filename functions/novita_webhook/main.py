@@ -17,24 +17,9 @@ import flask
 import functions_framework
 from pydantic import ValidationError
 
-from shared import logs
-from shared.deadline import Deadline
-from shared.http_api import (
-    error_response,
-    internal_error,
-    json_response,
-    method_not_allowed,
-    parse_json,
-    preflight,
-)
-from shared.http_guard import install as install_body_guard
-from shared.novita_models import ASYNC_TASK_RESULT, WebhookEvent, WebhookTask
-from shared.recovery import SWEEP_SECONDS
-from shared.runtime import get_runtime, load_settings_or_exit
-from shared.sketch import Stage, StepKind, is_sketch_id
-from shared.sketch_store import StoreUnavailable
-from shared.steps import MalformedPush, QueueUnavailable, Step, read_push
-from shared.tokens import (
+from shared.core import logs
+from shared.core.deadline import Deadline
+from shared.core.tokens import (
     SKETCH_PARAM,
     STAGE_PARAM,
     TOKEN_PARAM,
@@ -43,8 +28,17 @@ from shared.tokens import (
     sweep_token,
     verify,
 )
-from shared.topology import DEAD_LETTER_ACTION, STEP_ACTION
-from shared.worker import TRANSIENT
+from shared.edge.answers import error_response, internal_error, json_response, method_not_allowed, parse_json
+from shared.edge.cors import preflight
+from shared.edge.guard import install as install_body_guard
+from shared.novita.models import ASYNC_TASK_RESULT, WebhookEvent, WebhookTask
+from shared.pipeline.queue import MalformedPush, QueueUnavailable, Step, read_push
+from shared.pipeline.recovery import SWEEP_SECONDS
+from shared.pipeline.topology import DEAD_LETTER_ACTION, STEP_ACTION
+from shared.pipeline.work import TRANSIENT
+from shared.runtime import get_runtime, load_settings_or_exit
+from shared.sketch.model import Stage, StepKind, is_sketch_id
+from shared.sketch.store import StoreUnavailable
 
 log = logging.getLogger("novita_webhook")
 settings = load_settings_or_exit()

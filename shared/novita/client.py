@@ -1,0 +1,411 @@
+"""Novita's API: text to image (an async task, or Seedream 3.0's synchronous endpoint), Kling image
+to video, and task-result.
+
+Every request body Novita receives is built here and nowhere else. The integration guide and
+Novita's public reference disagree on two of them (`../shared/novita-api-notes.md`), so each has two
+forms: the guide's is sent first; a refusal that started no task and is about the request's shape
+moves to the reference's form, and the instance remembers what was refused or worked, so the next
+request goes straight to it. A request whose answer is lost, times out or is a 5xx is never sent
+again in another form: it may have started a paid task.
+
+Errors are typed by what the caller can do about them:
+
+- `NovitaRejected`: Novita refused the request (4xx other than 429); sending it again won't help.
+- `NovitaUnavailable`: Novita could not be reached or asked us to come back (429, 5xx, network);
+  a later step sends the request again.
+- `NovitaOutcomeUnknown`: a POST was sent but no usable answer came back, so a paid task may exist
+  and the request is never sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from shared.core.backoff import RETRY_STATUSES, backoff_delay, retry_after_seconds
+from shared.core.config import Settings
+from shared.core.deadline import Deadline
+from shared.media.still import Still
+from shared.novita.models import SeedreamImages, TaskId, TaskResult
+
+log = logging.getLogger(__name__)
+
+TXT2IMG_PATH = "/v3/async/txt2img"
+SEEDREAM_PATH = "/v3/seedream-3-0-txt2img"
+KLING_I2V_PATH = "/v3/async/kling-v2.1-i2v-master"
+TASK_RESULT_PATH = "/v3/async/task-result"
+SEEDREAM_MODEL = "seedream-3-0-t2i-250415"
+KLING_GUIDANCE = 0.5
+
+# Connecting is quick or not at all; an upload of a 10 MB still may take a while to write; Seedream
+# draws while its request waits.
+CONNECT_SECONDS = 5.0
+READ_SECONDS = 30.0
+WRITE_SECONDS = 60.0
+SEEDREAM_READ_SECONDS = 100.0
+# A POST is re-sent only when Novita surely did not receive it (connect failure, 429).
+POST_ATTEMPTS = 3
+POST_DEADLINE_SECONDS = 10.0
+# A paid POST is sent only while at least this long is left to hear its answer: one sent at the
+# deadline's very end would start a task whose id never arrives.
+MIN_POST_SECONDS = 2.0
+# task-result is a GET: tried again through 429, 503, 504 and network faults, within the deadline.
+GET_ATTEMPTS = 4
+GET_BASE_DELAY = 0.25
+GET_MAX_DELAY = 4.0
+MAX_MESSAGE = 500
+MAX_REASON = 64
+
+Form = Literal["guide", "reference"]
+FORMS: tuple[Form, Form] = ("guide", "reference")
+BALANCE_REASONS = frozenset({"NOT_ENOUGH_BALANCE", "BILLING_BALANCE_NOT_ENOUGH"})
+# Refusals about the account, the key or the content: another form of the request would be
+# refused the same way.
+_NOT_ABOUT_FORM = BALANCE_REASONS | {
+    "MISSING_API_KEY",
+    "INVALID_API_KEY",
+    "API_NOT_ALLOWED",
+    "FEATURE_NOT_ALLOWED",
+    "NEED_REAL_NAME_VERIFY",
+    "ILLEGAL_PROMPT",
+    "ILLEGAL_IMAGE_CONTENT",
+    "RATE_LIMIT_EXCEEDED",
+}
+_FORM_STATUSES = frozenset({400, 404, 405, 415, 422})
+_TASK_ID: TypeAdapter[str] = TypeAdapter(TaskId)
+
+
+def _storable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, with any lone surrogate (JSON lets them through) replaced:
+    error texts end up in sketches and logs, which take only valid UTF-8."""
+    return text[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+class NovitaError(Exception):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: Any = None,
+        reason: str | None = None,
+    ) -> None:
+        self.message = _storable(message, MAX_MESSAGE)
+        super().__init__(self.message)  # str(exc) is logged and stored too
+        self.status_code = status_code
+        self.code = code
+        self.reason = None if reason is None else _storable(reason, MAX_REASON)
+
+    def describe(self) -> str:
+        """One line for a sketch's `error_message` and for an API error."""
+        parts = [f"Novita {self.status_code}" if self.status_code else "Novita"]
+        if self.reason:
+            parts.append(self.reason)
+        return f"{' '.join(parts)}: {self.message}"
+
+    @property
+    def is_balance(self) -> bool:
+        """The account's balance is not enough (Novita says so with a 400 or a 403)."""
+        return self.reason in BALANCE_REASONS
+
+
+class NovitaRejected(NovitaError):
+    @property
+    def refuses_form(self) -> bool:
+        """Whether the refusal may be about the request's shape, so that the other form may pass."""
+        return self.status_code in _FORM_STATUSES and self.reason not in _NOT_ABOUT_FORM
+
+
+class NovitaUnavailable(NovitaError):
+    pass
+
+
+class NovitaOutcomeUnknown(NovitaError):
+    pass
+
+
+def error_from_response(response: httpx.Response) -> NovitaError:
+    """Build the typed error from Novita's `{code, reason, message}` error body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    message = str(body.get("message") or response.reason_phrase or "request failed")
+    reason = body.get("reason") if isinstance(body.get("reason"), str) else None
+    kind: type[NovitaError]
+    if response.status_code == 429 or response.status_code >= 500:
+        kind = NovitaUnavailable
+    else:
+        kind = NovitaRejected
+    return kind(message, status_code=response.status_code, code=body.get("code"), reason=reason)
+
+
+class NovitaClient:
+    """One per instance: it keeps its connections open, and remembers which forms Novita takes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._settings = settings
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=settings.novita_base_url,
+            headers={"Authorization": f"Bearer {settings.novita_api_key.get_secret_value()}"},
+            timeout=httpx.Timeout(READ_SECONDS, connect=CONNECT_SECONDS, write=WRITE_SECONDS),
+            # No retrying transport: its own clock would not stop at the caller's deadline.
+            transport=transport or httpx.HTTPTransport(),
+        )
+        self._lock = threading.Lock()
+        self._forms: dict[str, Form] = {"text_to_image": "guide", "image_to_video": "guide"}
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---------------------------------------------------------------------------------- forms
+
+    def form(self, request: Literal["text_to_image", "image_to_video"]) -> Form:
+        with self._lock:
+            return self._forms[request]
+
+    def remember(self, request: Literal["text_to_image", "image_to_video"], form: Form) -> None:
+        with self._lock:
+            if self._forms[request] != form:
+                log.warning("Novita takes the %s form of %s from now on", form, request.replace("_", " "))
+            self._forms[request] = form
+
+    # ----------------------------------------------------------------------------- requests
+
+    def _webhook(self, url: str) -> dict[str, Any]:
+        webhook: dict[str, Any] = {"url": url}
+        if self._settings.webhook_test_mode:
+            webhook["test_mode"] = {
+                "enabled": True,
+                "return_task_status": self._settings.webhook_test_mode,
+            }
+        return webhook
+
+    def start_text_to_image(
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        width: int,
+        height: int,
+        seed: int,
+        webhook_url: str,
+        deadline: Deadline,
+    ) -> str:
+        """The guide's form: an async task that reports through its webhook. Its task id."""
+        request: dict[str, Any] = {
+            "model_name": self._settings.t2i_model,
+            "prompt": prompt,
+            "width": width,
+            "height": height,
+            "image_num": 1,
+            "steps": 20,
+            "guidance_scale": 7.5,
+            "sampler_name": "Euler a",
+            "seed": seed,
+        }
+        if negative_prompt:  # Novita's range for it starts at one character
+            request["negative_prompt"] = negative_prompt
+        body = {
+            "extra": {"response_image_type": "jpeg", "webhook": self._webhook(webhook_url)},
+            "request": request,
+        }
+        return self._task_id(self._post(TXT2IMG_PATH, deadline, json=body))
+
+    def seedream(self, *, prompt: str, width: int, height: int, seed: int, deadline: Deadline) -> str:
+        """The reference's form: Seedream 3.0 draws while the request waits. The still's URL."""
+        body = {
+            "model": SEEDREAM_MODEL,
+            "prompt": prompt,
+            "size": f"{width}x{height}",
+            "seed": seed,
+            "response_format": "url",
+            "watermark": False,  # Novita's default stamps "AI generated" on the still
+        }
+        response = self._post(SEEDREAM_PATH, deadline, read=SEEDREAM_READ_SECONDS, json=body)
+        try:
+            urls = SeedreamImages.model_validate(response.json()).image_urls
+        except (ValueError, ValidationError):
+            urls = []
+        if not urls:
+            raise NovitaOutcomeUnknown(
+                "Seedream answered without a usable image URL", status_code=response.status_code
+            )
+        return urls[0]
+
+    def start_image_to_video(
+        self,
+        *,
+        still: Still,
+        still_url: str,
+        prompt: str,
+        negative_prompt: str,
+        duration: int,
+        webhook_url: str,
+        deadline: Deadline,
+    ) -> tuple[str, Form]:
+        """Start Kling on the still, in the form Novita takes; its task id and that form.
+
+        The guide's form uploads the still's bytes as multipart; the reference's sends JSON with
+        the still's URL.
+        """
+        first = self.form("image_to_video")
+        for form in (first, *(f for f in FORMS if f != first)):
+            try:
+                if form == "guide":
+                    fields = {
+                        "prompt": prompt,
+                        "negative_prompt": negative_prompt,
+                        "duration": str(duration),
+                        "cfg_scale": str(KLING_GUIDANCE),
+                        "extra": json.dumps({"webhook": self._webhook(webhook_url)}),
+                    }
+                    files = {"image": (f"still.{still.extension}", still.data, still.mime)}
+                    response = self._post(KLING_I2V_PATH, deadline, data=fields, files=files)
+                else:
+                    body: dict[str, Any] = {
+                        "image": still_url,
+                        "prompt": prompt,
+                        "duration": str(duration),
+                        "guidance_scale": KLING_GUIDANCE,
+                    }
+                    if negative_prompt:
+                        body["negative_prompt"] = negative_prompt
+                    response = self._post(KLING_I2V_PATH, deadline, json=body)
+            except NovitaRejected as exc:
+                if not exc.refuses_form or form != first:
+                    raise
+                log.warning("Kling refused the %s form: %s", form, exc.describe())
+                continue
+            task_id = self._task_id(response)
+            self.remember("image_to_video", form)
+            log.info("Kling took the %s form", form, extra={"task_id": task_id, "form": form})
+            return task_id, form
+        raise AssertionError("unreachable: the last form raises")
+
+    def task_result(self, task_id: str, deadline: Deadline) -> TaskResult:
+        response = self._get(TASK_RESULT_PATH, deadline, params={"task_id": task_id})
+        if response.status_code != 200:
+            raise error_from_response(response)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise NovitaUnavailable("task-result answered a body that is not JSON") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("task"), dict):
+            raise NovitaUnavailable("task-result answered a body without a task")
+        # A body with a task that breaks a bound raises ValidationError: a result refused for good.
+        return TaskResult.model_validate(body)
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def _get(self, path: str, deadline: Deadline, **request: Any) -> httpx.Response:
+        """A GET, tried again through faults that may pass while the deadline allows; the last
+        answer otherwise (its status is for the caller to judge)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._call(
+                    "GET", path, timeout=deadline.timeout(CONNECT_SECONDS, READ_SECONDS), **request
+                )
+            except httpx.TransportError as exc:
+                error: NovitaError = NovitaUnavailable(f"{path} could not be fetched: {exc!r}")
+                delay = backoff_delay(attempt, GET_BASE_DELAY, GET_MAX_DELAY)
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                error = error_from_response(response)
+                hinted = retry_after_seconds(response)
+                delay = (
+                    hinted if hinted is not None else backoff_delay(attempt, GET_BASE_DELAY, GET_MAX_DELAY)
+                )
+            if attempt >= GET_ATTEMPTS or delay >= deadline.remaining():
+                raise error
+            log.warning("retrying %s after %.2fs: %s", path, delay, error.describe())
+            self._sleep(delay)
+
+    def _post(
+        self, path: str, deadline: Deadline, *, read: float = READ_SECONDS, **request: Any
+    ) -> httpx.Response:
+        """A POST that may start a paid task: re-sent only when Novita surely did not receive it."""
+        if deadline.remaining() < MIN_POST_SECONDS:
+            raise NovitaUnavailable(f"too little time left to send {path}; it was not sent")
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            timeout = deadline.timeout(CONNECT_SECONDS, read, WRITE_SECONDS)
+            try:
+                response = self._call("POST", path, timeout=timeout, **request)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Nothing reached Novita, so sending again cannot create a second task.
+                error: NovitaError = NovitaUnavailable(f"Novita could not be reached: {exc!r}")
+                delay = 0.2 * 2 ** (attempt - 1)
+            except httpx.TransportError as exc:
+                raise NovitaOutcomeUnknown(
+                    f"no answer from Novita after the request was sent: {exc!r}"
+                ) from exc
+            else:
+                if response.is_success:
+                    return response
+                error = error_from_response(response)
+                if response.status_code != 429:
+                    raise error
+                delay = retry_after_seconds(response) or 0.5 * 2 ** (attempt - 1)
+            elapsed = time.monotonic() - started
+            if (
+                attempt >= POST_ATTEMPTS
+                or elapsed + delay > POST_DEADLINE_SECONDS
+                or delay + MIN_POST_SECONDS > deadline.remaining()
+            ):
+                raise error
+            log.warning("retrying %s after %.2fs: %s", path, delay, error.describe())
+            self._sleep(delay)
+
+    def _call(self, method: str, path: str, **request: Any) -> httpx.Response:
+        """One request to Novita, logged with its outcome and duration."""
+        started = time.perf_counter()
+        outcome: int | str = "no answer"
+        try:
+            response = self._http.request(method, path, **request)
+            outcome = response.status_code
+            return response
+        finally:
+            log.info(
+                "Novita %s %s answered %s",
+                method,
+                path,
+                outcome,
+                extra={
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "http_status": outcome,
+                },
+            )
+
+    @staticmethod
+    def _task_id(response: httpx.Response) -> str:
+        """The task id of a 2xx answer, held to the same bound as every stored task id."""
+        try:
+            return _TASK_ID.validate_python(response.json().get("task_id"))
+        except (ValueError, AttributeError):  # not JSON, not an object, or no usable id
+            # Novita said 2xx, so a task may well exist; a usable id is what we lack.
+            raise NovitaOutcomeUnknown(
+                "Novita accepted the request but its answer has no usable task_id",
+                status_code=response.status_code,
+            ) from None

@@ -1,0 +1,166 @@
+"""The `check` step: ask Novita's task-result about a sketch's task and apply what it says.
+
+A webhook delivery only names a task; this is where it is confirmed. `GET ?id=` and the sweep run the
+same look. It also gives up on what waited too long, and hands on the slow step the sketch needs next.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.core.deadline import Deadline
+from shared.novita.client import NovitaRejected
+from shared.novita.models import TaskResult
+from shared.pipeline.queue import Step
+from shared.pipeline.results import MalformedResult, Outcome, stage_of
+from shared.pipeline.work import Tools, fail_unless_final
+from shared.sketch.model import Sketch, Stage, Status, StepKind, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What a webhook delivery said: the task it reported, for the stage its URL was registered for.
+    `result` is the delivery's own result, used only in Novita's webhook test mode."""
+
+    task_id: str
+    stage: Stage
+    result: dict[str, Any] | None = None
+
+
+def examine(tools: Tools, sketch: Sketch, deadline: Deadline, hint: Hint | None = None) -> Outcome:
+    """Look at a sketch that may wait on Novita: ask task-result and apply what it says, give up on
+    what waited too long, and hand on any slow work the sketch now needs."""
+    now = utcnow()
+    if sketch.status.is_final:
+        return Outcome.DUPLICATE
+    max_age = timedelta(seconds=tools.settings.max_sketch_age_seconds)
+    if sketch.created_at + max_age <= now:
+        reason = (
+            f"not finished within {max_age.total_seconds():.0f} s of its creation "
+            f"(last status {sketch.status})"
+        )
+        return fail_unless_final(tools.store, sketch, reason, "gave up on a sketch that did not finish")
+    asked = _task_to_ask(sketch, hint)
+    if asked is None:
+        if hint is not None:
+            log.info(
+                "a result for a task the sketch does not wait on: ignored", extra={"task_id": hint.task_id}
+            )
+            return Outcome.IGNORED
+        if sketch.submission_unknown is not None:
+            if not unknown_expired(tools, sketch, now):
+                return Outcome.IN_PROGRESS
+            return fail_unless_final(
+                tools.store, sketch, unknown_reason(tools, sketch), "gave up on an unconfirmed request"
+            )
+        outcome, latest = Outcome.IN_PROGRESS, sketch
+    else:
+        task_id, stage = asked
+        try:
+            result = _result(tools, task_id, hint, deadline)
+        except MalformedResult as exc:
+            return fail_unless_final(tools.store, sketch, str(exc), "refused a result for good")
+        if result is None:
+            return Outcome.IGNORED
+        adopted = task_id != sketch.task_of(stage)
+        if adopted and not _plausible(result, stage):
+            log.warning("a task of another kind was not adopted", extra={"task_id": task_id})
+            return Outcome.IGNORED
+        try:
+            outcome, latest = tools.results.apply(sketch, result, stage)
+        except MalformedResult as exc:
+            return fail_unless_final(tools.store, sketch, str(exc), "refused a result for good")
+        if adopted and outcome is Outcome.APPLIED:
+            log.warning("adopted a task whose request had no known outcome", extra={"task_id": task_id})
+    if latest is not None:
+        hand_on(tools, latest, now)
+    return outcome
+
+
+def hand_on(tools: Tools, sketch: Sketch, now: datetime) -> None:
+    """Publish the slow step the sketch needs, unless a step holds it or a request awaits its outcome."""
+    kind = sketch.next_step()
+    if (
+        kind is not None
+        and kind.is_slow
+        and not sketch.lease_is_live(now)
+        and sketch.submission_unknown is None
+    ):
+        tools.queue.publish(Step(kind=kind, sketch_id=sketch.id))
+
+
+def unknown_expired(tools: Tools, sketch: Sketch, now: datetime) -> bool:
+    if sketch.image_form == "sync" and sketch.submission_unknown == "image":
+        # Seedream's answer comes with the request or not at all: once its step is gone, it is lost.
+        return not sketch.lease_is_live(now)
+    since = sketch.submission_unknown_since
+    grace = timedelta(seconds=tools.settings.unknown_outcome_grace_seconds)
+    return since is None or since + grace <= now
+
+
+def unknown_reason(tools: Tools, sketch: Sketch) -> str:
+    if sketch.image_form == "sync" and sketch.submission_unknown == "image":
+        return (
+            "Seedream's synchronous request did not finish; it was not sent again, so that it is "
+            "not paid for twice"
+        )
+    what = "text-to-image" if sketch.submission_unknown == "image" else "image-to-video"
+    grace = tools.settings.unknown_outcome_grace_seconds
+    return (
+        f"Novita did not confirm the {what} request and no result arrived within {grace:.0f} s; "
+        "it was not sent again, so that it is not paid for twice"
+    )
+
+
+def _task_to_ask(sketch: Sketch, hint: Hint | None) -> tuple[str, Stage] | None:
+    """Which task to ask Novita about: the one a webhook named, if the sketch waits on it (or on an
+    unknown task of that stage); else the task the sketch waits on, if any."""
+    if hint is not None:
+        stage = stage_of(sketch, hint.task_id, hint.stage)
+        waiting = stage == "image" and sketch.status is Status.IMAGE_PENDING
+        waiting |= stage == "video" and (
+            sketch.status is Status.IMAGE_COMPLETE
+            or (sketch.status is Status.VIDEO_PENDING and sketch.novita_video_url is None)
+        )
+        return (hint.task_id, hint.stage) if stage is not None and waiting else None
+    if sketch.next_step() is not StepKind.CHECK:
+        return None
+    stage: Stage = "image" if sketch.status is Status.IMAGE_PENDING else "video"
+    task_id = sketch.task_of(stage)
+    return None if task_id is None else (task_id, stage)
+
+
+def _result(tools: Tools, task_id: str, hint: Hint | None, deadline: Deadline) -> TaskResult | None:
+    """Novita's word on the task; in webhook test mode, where no real task exists, the delivery's."""
+    try:
+        if hint is not None and hint.result is not None and tools.settings.webhook_test_mode:
+            result = TaskResult.model_validate(hint.result)
+        else:
+            result = tools.novita.task_result(task_id, deadline)
+    except ValidationError as exc:
+        raise MalformedResult(
+            f"Novita's result for task {task_id} was refused: {exc.error_count()} value(s) break a bound"
+        ) from exc
+    except NovitaRejected as exc:
+        log.warning("task-result refused to answer: %s", exc.describe(), extra={"task_id": task_id})
+        return None
+    if result.task.task_id != task_id:
+        log.warning("task-result answered for another task", extra={"task_id": task_id})
+        return None
+    return result
+
+
+def _plausible(result: TaskResult, stage: Stage) -> bool:
+    """Whether an unrecorded task reported for `stage` could be of that kind (Novita names text to
+    image TXT_TO_IMG; its video tasks have other names)."""
+    kind = result.task.task_type
+    if kind is None:
+        return True
+    return (kind == "TXT_TO_IMG") == (stage == "image")

@@ -1,0 +1,6 @@
+"""The sketch: the create request and its rules (`request`), the stored document, its states and
+what it needs next (`model`), the one conditional-write path to Firestore (`store`), and the
+gallery's pages (`gallery`).
+
+May import `shared.core` and `shared.google`.
+"""

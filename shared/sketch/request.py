@@ -1,0 +1,96 @@
+"""The body of `POST create_sketch`: every field, its default, and the rules it must keep.
+
+What Novita would refuse after a paid step is refused here, before anything is written or paid.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from shared.core.text import utf8
+
+DEFAULT_VIDEO_PROMPT = "gentle cinematic camera movement, the scene comes to life"
+
+# Novita's limits, refused here before anything is paid (`../shared/novita-api-notes.md`):
+# text-to-image prompts stop at 1024 characters, Kling's at 2500; Seedream 3.0 needs an area of at
+# least 512x512 and sides of at most 2048; Kling needs a still of at least 300 px a side and an
+# aspect ratio within 2.5:1.
+MAX_PROMPT = 1024
+MAX_VIDEO_PROMPT = 2500
+MIN_SIDE, MAX_SIDE = 300, 2048
+MIN_AREA = 512 * 512
+MAX_ASPECT = 2.5
+
+
+Prompt = Annotated[str, Field(strict=True, max_length=MAX_PROMPT), utf8]
+VideoPrompt = Annotated[str, Field(strict=True, max_length=MAX_VIDEO_PROMPT), utf8]
+
+
+def _visible(value: str) -> bool:
+    """Whether `value` has a character a person can see (not only spaces, zero-width or format
+    characters)."""
+    return any(
+        not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Cc", "Zs", "Zl", "Zp") for ch in value
+    )
+
+
+def _no_controls(value: str) -> str:
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\r\t" for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+class CreateSketchRequest(BaseModel):
+    """The body of `POST create_sketch`; any field not listed here is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt
+    negative_prompt: Prompt = ""
+    video_prompt: VideoPrompt | None = None
+    width: Annotated[StrictInt, Field(ge=MIN_SIDE, le=MAX_SIDE)] = 720
+    height: Annotated[StrictInt, Field(ge=MIN_SIDE, le=MAX_SIDE)] = 1280
+    duration: Literal[5, 10] = 5
+    seed: Annotated[StrictInt, Field(ge=-1, le=2147483647)] = -1
+
+    @field_validator("prompt", "negative_prompt", "video_prompt", mode="before")
+    @classmethod
+    def _trim(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("prompt", "negative_prompt", "video_prompt")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return None if value is None else _no_controls(value)
+
+    @field_validator("prompt")
+    @classmethod
+    def _seen(cls, value: str) -> str:
+        if not _visible(value):
+            raise ValueError("must contain visible characters")
+        return value
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _strict_duration(cls, value: Any) -> Any:
+        # Literal[5, 10] would otherwise accept 5.0 and True-like values.
+        if type(value) is not int:
+            raise ValueError("must be the integer 5 or 10")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> CreateSketchRequest:
+        area = self.width * self.height
+        if area < MIN_AREA:
+            raise ValueError(
+                f"width x height is {area:,} pixels; Seedream 3.0 needs at least 512 x 512 = {MIN_AREA:,}"
+            )
+        ratio = max(self.width, self.height) / min(self.width, self.height)
+        if ratio > MAX_ASPECT:
+            raise ValueError(
+                f"the aspect ratio is {ratio:.2f}:1; Kling takes at most {MAX_ASPECT}:1 either way"
+            )
+        return self
