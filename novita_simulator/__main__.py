@@ -1,7 +1,8 @@
 """Run the simulator as its own process: python -m novita_simulator --port 8090 --api-key KEY.
 
 Every setting, fault switches included, can be changed while it runs with POST /_sim/config; POST
-/_sim/reset restores the settings given here, and GET /_sim/stats shows counters and settings.
+/_sim/reset restores the settings given here, GET /_sim/stats shows counters and settings, and GET
+/_sim/ledger every paid call.
 """
 
 import argparse

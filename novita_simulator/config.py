@@ -12,10 +12,14 @@ The personality decides which of Novita's two descriptions the API follows:
   schema) with TTLs as strings; a spent balance is 400 `BILLING_BALANCE_NOT_ENOUGH`.
 
 The synchronous Seedream 3.0 endpoint, `POST /v3/seedream-3-0-txt2img`, answers in both.
+
+Besides the switches that inject one fault at a time, a chaos run can turn on probabilistic faults
+(the `*_probability` fields): each is decided per event by one generator seeded by `fault_seed` (see
+chaos), so a seed replays the same decisions for the same sequence of requests.
 """
 
 from collections.abc import Mapping
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, TypeGuard, get_args
 
 from pydantic import (
     BaseModel,
@@ -35,6 +39,11 @@ PaidEndpoint = Literal["txt2img", "seedream", "kling"]
 PAID_ENDPOINTS: tuple[PaidEndpoint, ...] = get_args(PaidEndpoint)
 Endpoint = Literal["txt2img", "seedream", "kling", "task_result"]
 ErrorStatus = Annotated[int, Field(ge=400, le=599)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+def is_paid(endpoint: Endpoint) -> TypeGuard[PaidEndpoint]:
+    return endpoint in PAID_ENDPOINTS
 
 
 class SimulatorConfig(BaseModel):
@@ -61,6 +70,21 @@ class SimulatorConfig(BaseModel):
     webhook_attempts: PositiveInt = 5
     webhook_retry_backoff: NonNegativeFloat = 0.2
     accept_then_drop_response: dict[PaidEndpoint, NonNegativeInt] = Field(default_factory=dict)
+    # A slow media host: every /media/ answer waits media_delay, then a body trickles out at this
+    # rate (0: as fast as the socket takes it).
+    media_delay: NonNegativeFloat = 0.0
+    media_bytes_per_second: NonNegativeInt = 0
+    # Late webhooks: each copy waits a random time up to this before its first attempt, so the
+    # deliveries of different tasks arrive out of order.
+    webhook_delay_max: NonNegativeFloat = 0.0
+    # Setting it, even to the value it has, restarts the generator behind the faults below.
+    fault_seed: int = 0
+    drop_webhook_probability: Probability = 0.0
+    # a duplicated webhook is sent once more than `deliveries` says
+    duplicate_webhook_probability: Probability = 0.0
+    drop_response_probability: Probability = 0.0
+    http_error_probability: Probability = 0.0
+    http_error_statuses: list[ErrorStatus] = Field(default_factory=lambda: [429, 500, 503], min_length=1)
 
     def with_changes(self, changes: Mapping[str, object]) -> "SimulatorConfig":
         """Validate the changed settings as a whole; raises ValueError on unknown or bad fields."""

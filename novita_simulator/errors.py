@@ -44,6 +44,10 @@ class NovitaError(Exception):
         return {"Retry-After": "1"} if self.status == 429 else {}
 
 
+class InjectedError(NovitaError):
+    """An error a fault switch asked for: the same answer as a real one, but the request did nothing."""
+
+
 class InvalidRequest(NovitaError):
     def __init__(self, message: str) -> None:
         super().__init__(400, message)

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import av
 
 from novita_simulator.background import BackgroundThreads
-from novita_simulator.config import SimulatorConfig, TaskKind
-from novita_simulator.media import MediaAsset, make_still, make_video
+from novita_simulator.config import TaskKind
+from novita_simulator.media import MediaAsset, make_still, make_video, media_id, strip_media_id, with_media_id
 from novita_simulator.payloads import result_entries, webhook_body
 from novita_simulator.state import SimulatorState
 from novita_simulator.task import SUCCEED, Task
@@ -22,7 +22,8 @@ TEST_MODE_REASON = "test mode: TASK_STATUS_FAILED requested"
 # Share of a task's delay spent queued before it turns to processing.
 QUEUED_SHARE = 0.2
 
-Producer = Callable[[SimulatorConfig], list[MediaAsset]]
+# Makes a task's media, each carrying the task's id.
+Producer = Callable[[Task], list[MediaAsset]]
 
 
 class TaskRunner:
@@ -43,19 +44,34 @@ class TaskRunner:
     def accept_txt2img(self, body: Txt2ImgBody) -> Task:
         settings = body.request
 
-        def produce(config: SimulatorConfig) -> list[MediaAsset]:
-            still = make_still(settings.prompt, settings.width, settings.height, config.image_mode)
-            return [still] * settings.image_num
+        def produce(task: Task) -> list[MediaAsset]:
+            still = make_still(settings.prompt, settings.width, settings.height, task.config.image_mode)
+            return [with_media_id(still, task.task_id)] * settings.image_num
 
-        return self._accept("txt2img", body.extra.webhook, produce)
+        return self._accept("txt2img", body.extra.webhook, settings.prompt, produce)
 
     def accept_kling(self, request: KlingRequest) -> Task:
+        def produce(task: Task) -> list[MediaAsset]:
+            # without the still's own id, stills alike but for it share one encoding
+            return [with_media_id(make_video(strip_media_id(request.image)), task.task_id)]
+
         return self._accept(
-            "kling", request.webhook, lambda _config: [make_video(request.image)], float(request.duration)
+            "kling",
+            request.webhook,
+            request.prompt,
+            produce,
+            video_duration=float(request.duration),
+            still_media_id=media_id(request.image),
         )
 
     def _accept(
-        self, kind: TaskKind, webhook: Webhook | None, produce: Producer, video_duration: float = 5.0
+        self,
+        kind: TaskKind,
+        webhook: Webhook | None,
+        prompt: str,
+        produce: Producer,
+        video_duration: float = 5.0,
+        still_media_id: str | None = None,
     ) -> Task:
         config = self._state.config
         forced_status = webhook.forced_status() if webhook else None
@@ -66,6 +82,7 @@ class TaskRunner:
             # test mode answers at once with the status asked for
             delay = 0.0
             failure_reason = None if forced_status == SUCCEED else TEST_MODE_REASON
+        silent = webhook is None or config.drop_webhooks
         task = Task(
             task_id=str(uuid.uuid4()),
             kind=kind,
@@ -73,6 +90,9 @@ class TaskRunner:
             webhook_url=webhook.url if webhook else None,
             delay=delay,
             failure_reason=failure_reason,
+            prompt=prompt,
+            webhook_delays=() if silent else self._state.webhook_delays(config),
+            still_media_id=still_media_id,
             video_duration=video_duration,
         )
         token = self._state.add_task(task)
@@ -89,7 +109,7 @@ class TaskRunner:
             media: list[MediaAsset] = []
             if failure_reason is None:
                 try:
-                    media = produce(task.config)
+                    media = produce(task)
                 except (OSError, ValueError, av.FFmpegError) as error:  # fail the task rather than hang it
                     failure_reason = f"simulator could not produce the result: {error}"
             remaining = task.due_monotonic - time.monotonic()
@@ -103,8 +123,8 @@ class TaskRunner:
 
     def _deliver(self, task: Task) -> None:
         config = task.config
-        if task.webhook_url is None or config.drop_webhooks:
+        if task.webhook_url is None or not task.webhook_delays:
             return
         images, videos = result_entries(self._state, task, self._base_url, config)
         body = json.dumps(webhook_body(task, images, videos, config)).encode()
-        self._dispatcher.dispatch(task.task_id, task.webhook_url, body, config)
+        self._dispatcher.dispatch(task.task_id, task.webhook_url, body, config, task.webhook_delays)

@@ -3,18 +3,20 @@
 import contextlib
 import hmac
 import json
+import select
 import socket
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
-from novita_simulator.config import PAID_ENDPOINTS, Endpoint, SimulatorConfig
-from novita_simulator.errors import InvalidRequest, NovitaError, insufficient_balance
-from novita_simulator.media import make_still
+from novita_simulator.config import Endpoint, SimulatorConfig, is_paid
+from novita_simulator.errors import InjectedError, InvalidRequest, NovitaError, insufficient_balance
+from novita_simulator.media import make_still, with_media_id
 from novita_simulator.payloads import result_entries, seedream_body, task_result_body
 from novita_simulator.runner import TaskRunner
 from novita_simulator.state import MEDIA_PREFIX, SimulatorState
@@ -32,6 +34,8 @@ API_ROUTES: dict[str, tuple[Endpoint, str]] = {
 STORAGE_ERROR = (
     "<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
 )
+# A throttled media body goes out in this many writes a second, each no earlier than the rate allows.
+PACED_WRITES_PER_SECOND = 20
 
 
 @dataclass(frozen=True)
@@ -114,28 +118,44 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
             self._control(method, path, body)
         elif path in API_ROUTES:
             endpoint, expected_method = API_ROUTES[path]
-            state = self.server.context.state
-            state.count_request(endpoint)
-            if method != expected_method:
-                raise NovitaError(405, f"{path} accepts {expected_method} only")
-            self._authenticate()
-            injected_status = state.take_http_error(endpoint)
-            if injected_status is not None:
-                raise NovitaError(injected_status)
-            # one snapshot for the whole request, so a change mid-request cannot mix two personalities
-            config = state.config
-            if endpoint in PAID_ENDPOINTS and config.balance_exhausted:
-                raise insufficient_balance(config.personality)
-            if endpoint == "txt2img":
-                self._txt2img(body, config)
-            elif endpoint == "seedream":
-                self._seedream(body, config)
-            elif endpoint == "kling":
-                self._kling(body, config)
-            else:
-                self._task_result(query, config)
+            try:
+                self._api(method, path, query, body, endpoint, expected_method)
+            except NovitaError as error:
+                if is_paid(endpoint):  # refused, so not paid: the ledger only counts it
+                    self.server.context.state.refuse(endpoint, error)
+                raise
         else:
             raise NovitaError(404, f"no route for {method} {path}")
+
+    def _api(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        body: bytes,
+        endpoint: Endpoint,
+        expected_method: str,
+    ) -> None:
+        state = self.server.context.state
+        state.count_request(endpoint)
+        if method != expected_method:
+            raise NovitaError(405, f"{path} accepts {expected_method} only")
+        self._authenticate()
+        injected_status = state.take_http_error(endpoint)
+        if injected_status is not None:
+            raise InjectedError(injected_status)
+        # one snapshot for the whole request, so a change mid-request cannot mix two personalities
+        config = state.config
+        if is_paid(endpoint) and config.balance_exhausted:
+            raise insufficient_balance(config.personality)
+        if endpoint == "txt2img":
+            self._txt2img(body, config)
+        elif endpoint == "seedream":
+            self._seedream(body, config)
+        elif endpoint == "kling":
+            self._kling(body, config)
+        else:
+            self._task_result(query, config)
 
     def _authenticate(self) -> None:
         scheme, _, key = self.headers.get("Authorization", "").partition(" ")
@@ -158,13 +178,20 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
         if context.stopping.wait(max(0.0, started + config.seedream_delay - time.monotonic())):
             self.close_connection = True
             return
-        context.state.count_seedream_image()
-        if context.state.take_fault("accept_then_drop_response", "seedream"):
+        # no task, so the image gets an id of its own to carry
+        image_id = f"seedream-{uuid.uuid4()}"
+        context.state.add_seedream_image(image_id, request.prompt)
+        if context.state.drop_answer("seedream") or self._client_gone():
             # the image is made and paid for, but the client never receives it
             self.close_connection = True
             return
+        context.state.mark_answered(image_id)
         answer = seedream_body(
-            context.state, context.base_url, still, request.response_format, config.media_ttl
+            context.state,
+            context.base_url,
+            with_media_id(still, image_id),
+            request.response_format,
+            config.media_ttl,
         )
         self._send_json(200, answer)
 
@@ -178,11 +205,24 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
         self._answer_accepted(context.runner.accept_kling(request))
 
     def _answer_accepted(self, task: Task) -> None:
-        if self.server.context.state.take_fault("accept_then_drop_response", task.kind):
+        state = self.server.context.state
+        if state.drop_answer(task.kind) or self._client_gone():
             # The task runs and reports as usual, but the client never learns that it was accepted.
             self.close_connection = True
             return
+        state.mark_answered(task.task_id)
         self._send_json(200, {"task_id": task.task_id})
+
+    def _client_gone(self) -> bool:
+        """True when the client closed the connection (it gave up waiting), so an answer reaches nobody.
+
+        A closed connection reads as ready with nothing in it; a client still waiting sends nothing.
+        """
+        try:
+            ready, _, _ = select.select([self.connection], [], [], 0)
+            return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # reset by the client
+            return True
 
     def _task_result(self, query: dict[str, list[str]], config: SimulatorConfig) -> None:
         context = self.server.context
@@ -200,20 +240,45 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
         self._send_json(200, task_result_body(task, images, videos))
 
     def _media(self, name: str, head_only: bool) -> None:
-        state = self.server.context.state
-        state.count_request("media")
-        link = state.find_media(name)
+        context = self.server.context
+        context.state.count_request("media")
+        config = context.state.config
+        # a slow media host answers late, whatever the answer
+        if context.stopping.wait(config.media_delay):
+            self.close_connection = True
+            return
+        link = context.state.find_media(name)
         if link is None:
             self._send_storage_error(404, "NoSuchKey", "The specified key does not exist.")
         elif link.expired():
             self._send_storage_error(403, "AccessDenied", "Request has expired")
+        elif config.media_bytes_per_second and not head_only:
+            self._send_head(200, link.asset.content_type, len(link.asset.data))
+            self._write_paced(link.asset.data, config.media_bytes_per_second)
         else:
             self._send(200, link.asset.data, link.asset.content_type, head_only=head_only)
+
+    def _write_paced(self, body: bytes, bytes_per_second: int) -> None:
+        """Write the body at about bytes_per_second: each piece leaves no earlier than the rate allows."""
+        stopping = self.server.context.stopping
+        piece = max(1, bytes_per_second // PACED_WRITES_PER_SECOND)
+        started = time.monotonic()
+        view = memoryview(body)
+        try:
+            for sent in range(0, len(body), piece):
+                if stopping.wait(max(0.0, started + sent / bytes_per_second - time.monotonic())):
+                    self.close_connection = True
+                    return
+                self.wfile.write(view[sent : sent + piece])
+        except ConnectionError:  # the client gave up on the slow host; nobody is left to answer
+            self.close_connection = True
 
     def _control(self, method: str, path: str, body: bytes) -> None:
         state = self.server.context.state
         if (method, path) == ("GET", "/_sim/stats"):
             self._send_json(200, state.stats())
+        elif (method, path) == ("GET", "/_sim/ledger"):
+            self._send_json(200, state.ledger())
         elif (method, path) == ("POST", "/_sim/reset"):
             state.reset()
             self._send_json(200, {"reset": True})
@@ -257,13 +322,18 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
         head_only: bool = False,
     ) -> None:
+        self._send_head(status, content_type, len(body), headers)
+        if not head_only:
+            self.wfile.write(body)
+
+    def _send_head(
+        self, status: int, content_type: str, length: int, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if not head_only:
-            self.wfile.write(body)

@@ -64,6 +64,10 @@ class NovitaSimulator:
     def stats(self) -> dict[str, Any]:
         return self._state.stats()
 
+    def ledger(self) -> dict[str, Any]:
+        """Every paid call since the last reset, in order, and the refused ones counted (see ledger)."""
+        return self._state.ledger()
+
     def reset(self) -> None:
         """Forget tasks, links and counters, and restore the config the simulator was built with."""
         self._state.reset()

@@ -1,4 +1,5 @@
-"""What the simulator remembers: settings and faults, tasks, media links, counters, work in flight."""
+"""What the simulator remembers: settings and faults, tasks, media links, counters, the ledger of paid
+calls, work in flight."""
 
 import dataclasses
 import secrets
@@ -9,7 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from novita_simulator.chaos import FaultDice
 from novita_simulator.config import Endpoint, PaidEndpoint, SimulatorConfig, TaskKind
+from novita_simulator.errors import NovitaError
+from novita_simulator.ledger import Ledger
 from novita_simulator.media import MediaAsset
 from novita_simulator.task import FAILED, PROCESSING, QUEUED, SUCCEED, Task
 
@@ -57,6 +61,8 @@ class SimulatorState:
         self._kling_tasks_by_webhook_url: dict[str, int] = {}
         self._webhook_attempts = 0
         self._deliveries: deque[DeliveryAttempt] = deque(maxlen=DELIVERY_LOG_SIZE)
+        self._ledger = Ledger()
+        self._dice = FaultDice(self._config.fault_seed)
         # One token per task or webhook delivery still under way; reset forgets them all.
         self._pending: set[object] = set()
 
@@ -68,6 +74,8 @@ class SimulatorState:
     def configure(self, changes: Mapping[str, object]) -> SimulatorConfig:
         with self._changed:
             self._config = self._config.with_changes(changes)
+            if "fault_seed" in changes:
+                self._dice = FaultDice(self._config.fault_seed)
             return self._config
 
     def reset(self) -> None:
@@ -80,10 +88,11 @@ class SimulatorState:
             self._requests[name] += 1
 
     def take_http_error(self, endpoint: Endpoint) -> int | None:
+        """The status to answer an API call with instead of serving it: the queue's next, or a roll's."""
         with self._changed:
             queued = self._config.http_errors.get(endpoint)
             if not queued:
-                return None
+                return self._dice.http_error(self._config)
             self._config = self._config.model_copy(
                 update={"http_errors": {**self._config.http_errors, endpoint: queued[1:]}}
             )
@@ -97,19 +106,46 @@ class SimulatorState:
             self._config = self._config.model_copy(update={fault: {**counts, kind: counts[kind] - 1}})
             return True
 
+    def drop_answer(self, endpoint: PaidEndpoint) -> bool:
+        """Whether a paid call, already made, goes unanswered: a queued drop, or a roll's."""
+        with self._changed:  # reentrant: take_fault takes it again
+            if self.take_fault("accept_then_drop_response", endpoint):
+                return True
+            return self._dice.drop_response(self._config)
+
+    def webhook_delays(self, config: SimulatorConfig) -> tuple[float, ...]:
+        with self._changed:
+            return self._dice.webhook_delays(config)
+
     def add_task(self, task: Task) -> object:
-        """Register an accepted task; returns the token that keeps it pending until it settles."""
+        """Register an accepted (so paid) task; returns the token that keeps it pending until it settles."""
         with self._changed:
             self._tasks[task.task_id] = task
             self._tasks_created[task.kind] += 1
+            self._ledger.record(task.kind, task.task_id, task.prompt, task.webhook_url, task.still_media_id)
             if task.kind == "kling" and task.webhook_url:
                 by_url = self._kling_tasks_by_webhook_url
                 by_url[task.webhook_url] = by_url.get(task.webhook_url, 0) + 1
             return self._begin_work_locked()
 
-    def count_seedream_image(self) -> None:
+    def add_seedream_image(self, image_id: str, prompt: str) -> None:
         with self._changed:
             self._seedream_images += 1
+            self._ledger.record("seedream", image_id, prompt)
+
+    def mark_answered(self, task_id: str) -> None:
+        """The client was sent the answer to the paid call that made this task or Seedream image."""
+        with self._changed:
+            self._ledger.mark_answered(task_id)
+
+    def refuse(self, endpoint: PaidEndpoint, error: NovitaError) -> None:
+        with self._changed:
+            self._ledger.refuse(endpoint, error)
+
+    def ledger(self) -> dict[str, Any]:
+        """Paid calls since the last reset, in order, and per endpoint the refusals by reason."""
+        with self._changed:
+            return self._ledger.snapshot()
 
     def task(self, task_id: str) -> Task | None:
         with self._changed:

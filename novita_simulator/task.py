@@ -26,6 +26,12 @@ class Task:
     delay: float
     # Decided at acceptance (an injected fault or test mode); None means the task succeeds.
     failure_reason: str | None
+    prompt: str
+    # How long each copy of the webhook waits before its first attempt; empty when none is sent.
+    # Decided at acceptance too, so that a fault seed replays it (see chaos).
+    webhook_delays: tuple[float, ...] = ()
+    # Kling: the id the still to animate carries, when it came from the simulator
+    still_media_id: str | None = None
     video_duration: float = 5.0
     created_at: float = field(default_factory=time.time)
     accepted_monotonic: float = field(default_factory=time.monotonic)

@@ -1,4 +1,5 @@
-"""Webhook delivery as Novita does it: per-attempt timeout, retries on non-2xx or timeout, duplicates."""
+"""Webhook delivery as Novita does it: per-attempt timeout, retries on non-2xx or timeout, duplicates,
+and (a chaos fault) copies held back before their first attempt."""
 
 import contextlib
 import threading
@@ -33,35 +34,42 @@ class WebhookDispatcher:
         self._stopping = stopping
         self._client = httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=httpx.Timeout(5.0))
 
-    def dispatch(self, task_id: str, url: str, body: bytes, config: SimulatorConfig) -> None:
-        """Send config.deliveries copies; they are pending from this call until each has finished."""
+    def dispatch(
+        self, task_id: str, url: str, body: bytes, config: SimulatorConfig, delays: tuple[float, ...]
+    ) -> None:
+        """Send one copy per delay, each after its delay; they are pending from this call until each
+        has finished."""
         delivery = Delivery(
             task_id, url, body, config.webhook_timeout, config.webhook_attempts, config.webhook_retry_backoff
         )
-        tokens = [self._state.begin_work() for _ in range(config.deliveries)]
+        copies = [(self._state.begin_work(), delay) for delay in delays]
         name = f"webhook-{task_id[:8]}"
         if config.concurrent_deliveries:
-            barrier = threading.Barrier(len(tokens))
-            for token in tokens:
-                self._threads.start(name, self._deliver_together, barrier, token, delivery)
+            barrier = threading.Barrier(len(copies))
+            for token, delay in copies:
+                self._threads.start(name, self._deliver_together, barrier, token, delivery, delay)
         else:
-            self._threads.start(name, self._deliver_in_turn, tokens, delivery)
+            self._threads.start(name, self._deliver_in_turn, copies, delivery)
 
     def close(self) -> None:
         self._client.close()
 
-    def _deliver_in_turn(self, tokens: list[object], delivery: Delivery) -> None:
-        for token in tokens:
-            self._deliver(token, delivery)
+    def _deliver_in_turn(self, copies: list[tuple[object, float]], delivery: Delivery) -> None:
+        for token, delay in copies:
+            self._deliver(token, delivery, delay)
 
-    def _deliver_together(self, barrier: threading.Barrier, token: object, delivery: Delivery) -> None:
+    def _deliver_together(
+        self, barrier: threading.Barrier, token: object, delivery: Delivery, delay: float
+    ) -> None:
         # if a sibling never arrives, deliver anyway rather than lose the result
         with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait(BARRIER_TIMEOUT)
-        self._deliver(token, delivery)
+        self._deliver(token, delivery, delay)
 
-    def _deliver(self, token: object, delivery: Delivery) -> None:
+    def _deliver(self, token: object, delivery: Delivery, delay: float) -> None:
         try:
+            if self._stopping.wait(delay):
+                return
             for attempt in range(1, delivery.attempts + 1):
                 if self._stopping.is_set() or not self._state.is_live(token):
                     return
