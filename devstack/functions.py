@@ -48,8 +48,9 @@ class FunctionServer:
         port: int | None = None,
         source: Path | None = None,
         pythonpath: Sequence[Path] = (),
+        label: str | None = None,
     ) -> None:
-        self.name = target
+        self.name = label or target
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}/"
         self.log_path = log_path

@@ -21,6 +21,7 @@ from shared.media.fetch import media_client
 from shared.media.policy import default_resolver
 from shared.novita.client import NovitaClient
 from shared.pipeline.creation import Creator
+from shared.pipeline.forms import FormsInFirestore
 from shared.pipeline.queue import StepQueue
 from shared.pipeline.recovery import Recovery
 from shared.pipeline.results import Results
@@ -28,7 +29,7 @@ from shared.pipeline.steps import Worker
 from shared.pipeline.work import Tools
 from shared.sketch.store import SketchStore
 from shared.spending.breaker import BalanceBreaker
-from shared.spending.daily import DailyCap
+from shared.spending.daily import DailyCaps
 from shared.spending.idempotency import IdempotencyKeys
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,13 @@ def _build_runtime() -> Runtime:
     db = firestore_client(settings, http, token)
     store = SketchStore(db, settings.sketches_collection)
     secret = settings.webhook_secret.get_secret_value()
-    queue = StepQueue(pubsub_client(settings, http, token), secret)
+    queue = StepQueue(pubsub_client(settings, http, token), secret, settings.max_sketch_age_seconds)
     storage = storage_client(settings, http, token) if settings.media_bucket else None
-    novita = NovitaClient(settings, transport=httpx.HTTPTransport(verify=tls, limits=POOL))
+    novita = NovitaClient(
+        settings,
+        transport=httpx.HTTPTransport(verify=tls, limits=POOL),
+        memory=FormsInFirestore(db, settings.sketches_collection),
+    )
     results = Results(settings, store)
     breaker = BalanceBreaker(db, settings.sketches_collection, settings.balance_breaker_seconds)
     # A media host's fault that may pass fails the step, which Pub/Sub delivers again with backoff.
@@ -120,7 +125,12 @@ def _build_runtime() -> Runtime:
         novita,
         queue,
         breaker,
-        DailyCap(db, settings.sketches_collection, settings.max_sketches_per_day),
+        DailyCaps(
+            settings.sketches_collection,
+            per_user=settings.max_sketches_per_day,
+            per_guest=settings.max_guest_sketches_per_day,
+            total=settings.max_sketches_per_day_total,
+        ),
         IdempotencyKeys(db, settings.sketches_collection),
     )
     recovery = Recovery(store, results, worker, queue)

@@ -22,11 +22,12 @@ from devstack.processes import free_port
 from devstack.pubsub import PubSubEmulator
 from devstack.stack import Scheduler
 from devstack.storage import StorageEmulator
+from devstack.supervisor import Supervisor
 from novita_simulator import NovitaSimulator, SimulatorConfig
-from shared.core.tokens import sweep_token, webhook_url
+from shared.core.tokens import SWEEP_HEADER, sweep_token, webhook_url
 from shared.google.api import GoogleApi
 from shared.google.pubsub import PubSub
-from shared.pipeline.queue import Step
+from shared.pipeline.queue import Step, message
 from shared.pipeline.topology import DEAD_LETTER_SUBSCRIPTION, SUBSCRIPTION, TOPIC
 from shared.sketch.model import Sketch, Stage
 
@@ -151,19 +152,35 @@ class Stack:
             **env,
         }
         self.webhook = FunctionServer(
-            "novita_webhook", self.env, LOG_DIR / f"{name}-novita_webhook.log", port=webhook_port
+            "novita_webhook",
+            {**self.env, "WEBHOOK_DOOR": "public"},
+            LOG_DIR / f"{name}-novita_webhook.log",
+            port=webhook_port,
+        )
+        self.steps = FunctionServer(
+            "novita_webhook",
+            {**self.env, "WEBHOOK_DOOR": "private"},
+            LOG_DIR / f"{name}-novita_webhook-steps.log",
+            label="novita_webhook (private)",
         )
         self.create = FunctionServer("create_sketch", self.env, LOG_DIR / f"{name}-create_sketch.log")
-        for server in (self.webhook, self.create):
+        for server in self.servers:
             server.log_path.unlink(missing_ok=True)  # this run's lines only
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
+        self.restarted: list[str] = []
         self.db = firestore.Client(project=self.project)
         self.collection = self.env.get("SKETCHES_COLLECTION", "sketches")
 
+    @property
+    def servers(self) -> tuple[FunctionServer, FunctionServer, FunctionServer]:
+        return self.webhook, self.steps, self.create
+
     def start(self) -> Stack:
-        self.pubsub.create_topology(self.project, self.env["WEBHOOK_URL"])
-        self.webhook.start()
-        self.create.start()
+        self.pubsub.create_topology(self.project, self.steps.url)
+        for server in self.servers:
+            server.start()
+        # A function process that dies comes back on its port, as Cloud Run starts a new instance.
+        self.supervisor = Supervisor(self.servers, lambda text: self.restarted.append(text)).start()
         return self
 
     @contextmanager
@@ -171,7 +188,7 @@ class Stack:
         """The stack, with the recovery sweep on its schedule while in use, as Cloud Scheduler runs
         it where the project is deployed (`sweep_every`; none if the stack has no schedule)."""
         scheduler = (
-            Scheduler(self.env["WEBHOOK_URL"], WEBHOOK_SECRET, self.sweep_every).start()
+            Scheduler(self.steps.url, WEBHOOK_SECRET, self.sweep_every).start()
             if self.sweep_every is not None
             else None
         )
@@ -192,8 +209,9 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        self.create.stop()
-        self.webhook.stop()
+        self.supervisor.stop()
+        for server in self.servers:
+            server.stop()
         self.http.close()
 
     # ------------------------------------------------------------------------------ helpers
@@ -206,19 +224,24 @@ class Stack:
         assert response.status_code == 202, response.text
         return dict(response.json())
 
-    def webhook_url(self, sketch_id: str, stage: Stage = "image") -> str:
-        return webhook_url(self.webhook.url, WEBHOOK_SECRET, sketch_id, stage)
+    def webhook_url(self, sketch_id: str, stage: Stage = "image", issued: float | None = None) -> str:
+        issued_at = int(time.time() if issued is None else issued)
+        return webhook_url(self.webhook.url, WEBHOOK_SECRET, sketch_id, stage, issued_at)
 
-    def publish(self, step: Step) -> None:
-        """Publish a step as the functions do (signed), for Pub/Sub to push to the webhook."""
+    def publish(self, step: Step, lifetime: float = 3600.0) -> None:
+        """Publish a step as the functions do (signed), for Pub/Sub to push to the private door."""
         api = GoogleApi(self.http)
-        PubSub(api, self.project, base_url=self.pubsub.url).publish(TOPIC, [step.message(WEBHOOK_SECRET)])
+        signed = message(step, WEBHOOK_SECRET, lifetime, time.time())
+        PubSub(api, self.project, base_url=self.pubsub.url).publish(TOPIC, [signed])
 
     def log_lines(self, message: str, sketch_id: str | None = None) -> list[dict[str, Any]]:
-        """The webhook function's log lines whose message starts with `message` (about
+        """The webhook function's log lines (both doors) whose message starts with `message` (about
         `sketch_id`), as it wrote them."""
         lines = []
-        for raw in self.webhook.log_path.read_text(errors="replace").splitlines():
+        text = self.webhook.log_path.read_text(errors="replace") + self.steps.log_path.read_text(
+            errors="replace"
+        )
+        for raw in text.splitlines():
             if raw.startswith("{"):
                 line = json.loads(raw)
                 if str(line.get("message")).startswith(message) and sketch_id in (
@@ -239,11 +262,9 @@ class Stack:
         raise AssertionError(f"{count} step(s) of {sketch_id} not done in {timeout} s")
 
     def sweep(self) -> httpx.Response:
-        """Run the recovery sweep, as Cloud Scheduler does."""
+        """Run the recovery sweep, as Cloud Scheduler does (on the private door)."""
         return self.http.post(
-            self.webhook.url,
-            params={"action": "sweep"},
-            headers={"Authorization": f"Bearer {sweep_token(WEBHOOK_SECRET)}"},
+            self.steps.url, params={"action": "sweep"}, headers={SWEEP_HEADER: sweep_token(WEBHOOK_SECRET)}
         )
 
     def deliver(self, sketch_id: str, event: Any, *, stage: Stage = "image") -> httpx.Response:
@@ -347,9 +368,11 @@ def either_stack(
 
 @pytest.fixture(scope="session")
 def quick_recovery_stack(stack_factory: Callable[..., Stack]) -> Stack:
-    """A stack whose recovery runs on a short clock: checks every 0.5 s, 2 s leases, 3 s grace."""
+    """A stack whose recovery runs on a short clock: checks every 0.5 s (and the sweep, while
+    scheduled), 2 s leases, 3 s grace."""
     return stack_factory(
         "recovery",
+        sweep_every=0.5,
         RECOVERY_INTERVAL_SECONDS="0.5",
         STEP_LEASE_SECONDS="2",
         UNKNOWN_OUTCOME_GRACE_SECONDS="3",

@@ -84,6 +84,7 @@ def start_video(
     still_url: str = STILL_URL,
     negative_prompt: str = "blur",
     deadline: Deadline | None = None,
+    sent: list[str] | None = None,
 ) -> tuple[str, str]:
     return client.start_image_to_video(
         still=still,
@@ -93,6 +94,7 @@ def start_video(
         duration=10,
         webhook_url="https://hooks.test/?stage=video",
         deadline=deadline or ample(),
+        sending=(sent if sent is not None else []).append,
     )
 
 
@@ -261,13 +263,15 @@ def test_an_empty_negative_prompt_is_left_out_of_klings_json() -> None:
 def test_a_refused_guide_form_moves_to_json_which_is_remembered() -> None:
     script = Scripted(error(400, "INVALID_REQUEST_BODY"), accepted("v-1"), accepted("v-2"))
     client, _ = client_for(script)
+    sent: list[str] = []
 
-    assert start_video(client) == ("v-1", "reference")
+    assert start_video(client, sent=sent) == ("v-1", "reference")
     assert client.form("image_to_video") == "reference"
-    assert start_video(client) == ("v-2", "reference")
+    assert start_video(client, sent=sent) == ("v-2", "reference")
 
-    # The refused multipart, the JSON that worked, then straight to JSON.
+    # The refused multipart, the JSON that worked, then straight to JSON; the caller told of each.
     assert [is_multipart(r) for r in script.requests] == [True, False, False]
+    assert sent == ["guide", "reference", "reference"]
     assert all(is_json(r) for r in script.requests[1:])
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import socket
 import time
 import uuid
 from typing import Any
@@ -15,7 +17,8 @@ import httpx
 import pytest
 from conftest import Stack
 
-from shared.pipeline.queue import Step
+from shared.pipeline.queue import Step, message
+from shared.pipeline.steps import DEAD_LETTER_FAILURES
 from shared.sketch.model import StepKind
 
 FORGED_VIDEO = "http://127.0.0.1:9/forged.mp4"
@@ -91,13 +94,17 @@ def test_each_personality_takes_its_own_forms(either_stack: Stack) -> None:
 def test_the_delivery_is_answered_at_once_and_the_work_follows_from_the_queue(stack: Stack) -> None:
     stack.simulator.configure(deliveries=3)
     sketch = stack.create_sketch()
-    stack.wait_for_status(sketch["id"], "complete", timeout=30)
+    done = stack.wait_for_status(sketch["id"], "complete", timeout=30)
     stack.simulator.wait_idle(15)
 
     deliveries = stack.simulator.stats()["webhook_deliveries"]
     assert len(deliveries) >= 6 and all(d["status_code"] == 200 for d in deliveries)
     assert max(d["elapsed_ms"] for d in deliveries) < 500
-    assert len(stack.log_lines("delivery handed on", sketch["id"])) == len(deliveries)
+    # One check per task is handed on; its copies find it claimed, or the sketch moved on.
+    queued = stack.log_lines("delivery queued", sketch["id"])
+    assert len(queued) == 2 and {line["task_id"] for line in queued} == {done.image_task_id, done.video_task_id}
+    answered = [line for line in stack.log_lines("delivery ", sketch["id"]) if line["message"] != "delivery queued"]
+    assert len(queued) + len(answered) == len(deliveries)
     assert stack.tasks_created("kling") == 1
 
 
@@ -172,7 +179,7 @@ def test_webhook_without_a_valid_token_is_refused_and_changes_nothing(
 
     assert response.status_code == 401
     assert stack.stored(sketch["id"]) == before
-    assert stack.log_lines("delivery handed on", sketch["id"]) == []
+    assert stack.log_lines("delivery ", sketch["id"]) == []
 
 
 def test_the_token_covers_the_sketch_and_the_stage(stack: Stack) -> None:
@@ -223,7 +230,9 @@ def test_a_lying_body_with_a_valid_token_changes_nothing(recovery_stack: Stack) 
     ]
 
     answers = [deliver(stack, sketch["id"], body, stage=stage) for stage, body in lies]
-    stack.wait_for_steps(sketch["id"], len(lies))
+    # Tasks that are not the sketch's are refused at the door; the sketch's own task is checked once.
+    stack.wait_for_steps(sketch["id"], 1)
+    assert len(stack.log_lines("a paid task that no sketch adopts", sketch["id"])) == 2
     early = stack.stored(sketch["id"])
 
     assert [a.status_code for a in answers] == [200] * len(lies)
@@ -239,7 +248,10 @@ def test_a_lying_body_with_a_valid_token_changes_nothing(recovery_stack: Stack) 
     assert done.image_task_id == image_task
 
 
-def test_a_lie_about_the_video_while_kling_works_changes_nothing(stack: Stack) -> None:
+def test_a_lie_about_the_video_while_kling_works_changes_nothing(recovery_stack: Stack) -> None:
+    """The lie takes the delivery's claim for the task: the real result's own delivery, inside the
+    interval, is answered and hands nothing on, and recovery finds the video instead."""
+    stack = recovery_stack
     stack.simulator.configure(video_delay=3.0)
     sketch = stack.create_sketch()
     pending = stack.wait_for_status(sketch["id"], "video_pending", timeout=20)
@@ -252,7 +264,8 @@ def test_a_lie_about_the_video_while_kling_works_changes_nothing(stack: Stack) -
 
     assert still_pending is not None and still_pending.status.value == "video_pending"
     assert still_pending.novita_video_url is None and steps
-    done = stack.wait_for_status(sketch["id"], "complete", timeout=30)
+    with stack.scheduled():
+        done = stack.wait_for_status(sketch["id"], "complete", timeout=30)
     assert done.novita_video_url != FORGED_VIDEO and mp4_frames(done.video_url or "") > 0
 
 
@@ -370,8 +383,10 @@ def test_a_step_that_keeps_failing_ends_in_the_dead_letters_and_fails_the_sketch
     sketch = stack.create_sketch()
     failed = stack.wait_for_status(sketch["id"], "failed", timeout=90)
 
-    assert failed.error_message is not None
-    assert "chain step failed 5 times" in failed.error_message and "503" in failed.error_message
+    assert failed.error_message is not None and "503" in failed.error_message
+    # The dead letter fails the sketch once the sketch's own count bears it out.
+    failures = re.search(r"the chain step failed (\d+) times", failed.error_message)
+    assert failures is not None and int(failures.group(1)) >= DEAD_LETTER_FAILURES
     assert stack.tasks_created("kling") == 0
 
 
@@ -383,14 +398,14 @@ def test_a_forged_push_is_refused_and_changes_nothing(stack: Stack, action: str)
     stack.simulator.configure(drop_webhooks=True)
     sketch = stack.create_sketch()
     before = stack.stored(sketch["id"])
-    message = Step(kind=StepKind.CHECK, sketch_id=sketch["id"]).message("not-the-secret")
+    forged = message(Step(kind=StepKind.CHECK, sketch_id=sketch["id"]), "not-the-secret", 3600, time.time())
     body = {
-        "message": {"data": base64.b64encode(message.data).decode(), "attributes": dict(message.attributes)},
+        "message": {"data": base64.b64encode(forged.data).decode(), "attributes": dict(forged.attributes)},
         "subscription": f"projects/{stack.project}/subscriptions/sketch-steps-push",
     }
 
-    answer = stack.http.post(stack.webhook.url, params={"action": action}, json=body)
-    unsigned = stack.http.post(stack.webhook.url, params={"action": action}, json={"message": {"data": ""}})
+    answer = stack.http.post(stack.steps.url, params={"action": action}, json=body)
+    unsigned = stack.http.post(stack.steps.url, params={"action": action}, json={"message": {"data": ""}})
 
     assert answer.status_code == 401 and unsigned.status_code == 401
     assert stack.stored(sketch["id"]) == before
@@ -463,14 +478,33 @@ def test_unfinished_status_changes_nothing_final(stack: Stack) -> None:
     stack.simulator.configure(drop_webhooks=True, image_delay=5.0)
     sketch = stack.create_sketch()
 
-    for status in ("TASK_STATUS_PROCESSING", "TASK_STATUS_QUEUED", "TASK_STATUS_SOMETHING_NEW"):
-        response = deliver(stack, sketch["id"], result_event(sketch["image_task_id"], status))
-        assert response.status_code == 200
-    stack.wait_for_steps(sketch["id"], 3)
+    answers = [
+        deliver(stack, sketch["id"], result_event(sketch["image_task_id"], status)).json()["outcome"]
+        for status in ("TASK_STATUS_PROCESSING", "TASK_STATUS_QUEUED", "TASK_STATUS_SOMETHING_NEW")
+    ]
+    # The first hands a check on; the others find it claimed within the interval.
+    assert answers == ["queued", "duplicate", "duplicate"]
+    stack.wait_for_steps(sketch["id"], 1)
 
     after = stack.stored(sketch["id"])
     assert after is not None and after.status.value == "image_pending" and after.error_message is None
     assert stack.kling_requests() == 0
+
+
+@pytest.mark.parametrize("action", ["step", "dead_letter", "sweep", "anything"])
+def test_the_public_door_answers_google_actions_404_without_reading_the_body(stack: Stack, action: str) -> None:
+    """Steps, dead letters and the sweep are the private door's: on the public one, a request that
+    names an action is refused before a byte of its body is read, however slowly that body comes."""
+    with socket.create_connection(("127.0.0.1", stack.webhook.port), timeout=5) as sock:
+        sock.sendall(
+            f"POST /?action={action} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 60000\r\n\r\n{".encode()
+        )
+        started = time.monotonic()
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 404") and time.monotonic() - started < 2
+    assert "connection: close" in answer.lower()
+    assert stack.http.post(stack.steps.url, params={"sketch": "0" * 32, "stage": "image"}, json={}).status_code == 404
 
 
 def test_webhook_answers_options_and_refuses_other_methods(stack: Stack) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime
+from functools import cache
 
 import flask
 import functions_framework
@@ -21,7 +22,9 @@ from shared.edge.answers import (
     parse_json,
     require_json_content_type,
 )
-from shared.edge.callers import AuthError, KeysUnavailable, authenticate
+from shared.edge.appcheck import HEADER as APP_CHECK_HEADER
+from shared.edge.appcheck import AppCheck, AppCheckFailed
+from shared.edge.callers import AuthError, Caller, KeysUnavailable, authenticate
 from shared.edge.cors import cors_headers, preflight
 from shared.edge.guard import install as install_body_guard
 from shared.pipeline.creation import StartFailed, TooManySketches, answer_for
@@ -39,8 +42,10 @@ settings = load_settings_or_exit()
 
 MAX_BODY_BYTES = 64 * 1024
 # Under the function: hostile bodies cost neither memory, threads, 5xx answers nor ERROR lines.
-install_body_guard(flask.current_app, limit=MAX_BODY_BYTES)
 METHODS = "GET, POST, OPTIONS"
+install_body_guard(
+    flask.current_app, limit=MAX_BODY_BYTES, origins=settings.cors_allowed_origins, methods=METHODS
+)
 # Enough of a value echoed back in an error to recognise it.
 ECHO = 64
 
@@ -53,17 +58,23 @@ def create_sketch(request: flask.Request) -> flask.Response:
     cors = cors_headers(request, settings.cors_allowed_origins, METHODS)
     if request.method not in ("GET", "POST"):
         return method_not_allowed(METHODS, cors)
+    refused = _app_check(request)
+    if refused is not None:
+        refused.headers.update(cors)
+        return refused
     try:
-        user_id = authenticate(request, settings)
+        caller = authenticate(request, settings)
     except KeysUnavailable as exc:
         return error_response(503, "auth_unavailable", str(exc), cors)
     except AuthError as exc:
         return error_response(401, "unauthenticated", str(exc), cors)
     try:
         if request.method == "GET":
-            response = _get(request, user_id) if "id" in request.args else _list(request, user_id)
+            response = (
+                _get(request, caller.user_id) if "id" in request.args else _list(request, caller.user_id)
+            )
         else:
-            response = _post(request, user_id)
+            response = _post(request, caller)
     except StoreUnavailable as exc:
         log.warning("Firestore unavailable: %s", exc)
         response = error_response(503, "store_unavailable", "the sketch store is unavailable; try again")
@@ -72,6 +83,28 @@ def create_sketch(request: flask.Request) -> flask.Response:
         response = internal_error()
     response.headers.update(cors)
     return response
+
+
+def _app_check(request: flask.Request) -> flask.Response | None:
+    """The answer that refuses a call without a valid App Check token (APP_CHECK=enforce); None to go on.
+    With APP_CHECK=monitor, what enforce would refuse is logged and let through."""
+    if settings.app_check == "off":
+        return None
+    try:
+        _app_checker().verify(request.headers.get(APP_CHECK_HEADER))
+    except AppCheckFailed as exc:
+        if settings.app_check == "monitor":
+            log.warning("App Check would refuse this call: %s", exc)
+            return None
+        log.info("App Check refused the call: %s", exc)
+        return error_response(401, "app_check_failed", str(exc))
+    return None
+
+
+@cache
+def _app_checker() -> AppCheck:
+    assert settings.firebase_project_number is not None  # configuration refuses App Check without it
+    return AppCheck(settings.firebase_project_number, settings.app_check_jwks_url)
 
 
 def _get(request: flask.Request, user_id: str | None) -> flask.Response:
@@ -103,7 +136,7 @@ def _list(request: flask.Request, user_id: str | None) -> flask.Response:
     return json_response(200, {"sketches": [s.to_json() for s in sketches], "next_page_token": next_token})
 
 
-def _post(request: flask.Request, user_id: str | None) -> flask.Response:
+def _post(request: flask.Request, caller: Caller) -> flask.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not valid_key(key):
         return error_response(
@@ -126,7 +159,7 @@ def _post(request: flask.Request, user_id: str | None) -> flask.Response:
     except ValidationError as exc:
         return _validation_error(exc)
     try:
-        created = get_runtime().creator.create(create, body, user_id, key)
+        created = get_runtime().creator.create(create, body, caller, key)
     except BalanceExhausted as exc:
         return error_response(
             503,
@@ -135,7 +168,8 @@ def _post(request: flask.Request, user_id: str | None) -> flask.Response:
             _retry_after(exc.until),
         )
     except DailyLimitReached as exc:
-        return error_response(429, "daily_limit", str(exc), _retry_after(exc.resets_at))
+        code = "project_daily_limit" if exc.cap == "project" else "daily_limit"
+        return error_response(429, code, str(exc), _retry_after(exc.resets_at))
     except TooManySketches as exc:
         return error_response(429, "too_many_sketches", str(exc))
     except KeyInUse:

@@ -297,6 +297,7 @@ _PLACEHOLDERS = {
     "WEBHOOK_SECRET": "placeholder",
     "GOOGLE_CLOUD_PROJECT": "placeholder",
     "WEBHOOK_URL": "https://placeholder.invalid/",
+    "FIREBASE_PROJECT_NUMBER": "1",
 }
 
 
@@ -322,13 +323,22 @@ def check(values: Mapping[str, str]) -> list[str]:
     functions would refuse at start. Empty when every one is usable."""
     known = {variable.name for variable in CATALOGUE}
     problems = [f"{name} is not a variable the functions read" for name in values if name not in known]
-    if problems:
-        return problems
-    try:
-        settings_from({**_PLACEHOLDERS, **values})
-    except ConfigError as exc:
-        problems.append(str(exc))
+    # Each variable on its own (a bad one would hide the next), then all together (rules that tie
+    # two of them, like APP_CHECK and FIREBASE_PROJECT_NUMBER).
+    for name, value in values.items():
+        if name in known:
+            problems += _problem({**_PLACEHOLDERS, name: value})
+    if not problems:
+        problems += _problem({**_PLACEHOLDERS, **values})
     return problems
+
+
+def _problem(env: Mapping[str, str]) -> list[str]:
+    try:
+        settings_from(env)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 def _main(argv: list[str]) -> int:

@@ -46,7 +46,10 @@ CREATE_START = 25.0
 # How long a create holds its sketch's lease: past it, a sketch whose create died is settled.
 CREATE_LEASE = CREATE_START + 10.0
 CREATE_FUNCTION_TIMEOUT = 60.0
-# The body guard (shared/edge/guard.py): silence allowed mid-body, and the whole body's time.
+# The body guard (shared/edge/guard.py): silence allowed mid-body, and the whole body's time. A
+# phone on a poor link stalls while TCP retransmits a lost segment: 1, 2 then 4 s (RFC 6298), 7 s
+# for three losses in a row; 10 s lets that pass. A body here is at most 64 KiB: 26 s at 20 kbit/s
+# (a bad GPRS link); the deadline exists because a drip (a byte every 9 s) defeats the read timeout.
 BODY_READ_TIMEOUT = 10.0
 BODY_DEADLINE = 30.0
 
@@ -59,6 +62,11 @@ LEASE_RENEWALS_PER_LEASE = 3
 DEFAULT_STEP_LEASE = 30.0
 # The public door answers Novita's deliveries only.
 PUBLIC_WEBHOOK_FUNCTION_TIMEOUT = 60.0
+
+# After Novita fails a paid request (429, 5xx, unreachable), the sketch's next one waits this long,
+# doubling with each failure in a row up to the most: a replayed or redelivered step cannot hammer it.
+PAID_RETRY_BACKOFF_BASE = 2.0
+PAID_RETRY_BACKOFF_MAX = 60.0
 
 # --- The sweep (Cloud Scheduler, every minute)
 SWEEP_BUDGET = 100.0
@@ -95,7 +103,9 @@ ORDER: tuple[tuple[str, str, str], ...] = (
 def broken(values: dict[str, float] | None = None) -> list[str]:
     """The rules of ORDER that `values` (default: this module's) break; empty when all hold."""
     values = values or {
-        name: float(value) for name, value in globals().items() if name.isupper() and isinstance(value, int | float)
+        name: float(value)
+        for name, value in globals().items()
+        if name.isupper() and isinstance(value, int | float)
     }
     return [
         f"{shorter} ({values[shorter]:g} s) must be shorter than {longer} ({values[longer]:g} s): {why}"

@@ -108,7 +108,11 @@ class AppCheck:
         if not isinstance(header, dict) or not isinstance(claims, dict):
             raise AppCheckFailed("the App Check token is malformed")
         # Nothing but RS256 with a known key: no `none`, no HS256 keyed by a public key.
-        if header.get("alg") != "RS256" or header.get("typ") != "JWT" or not isinstance(header.get("kid"), str):
+        if (
+            header.get("alg") != "RS256"
+            or header.get("typ") != "JWT"
+            or not isinstance(header.get("kid"), str)
+        ):
             raise AppCheckFailed("the App Check token must be an RS256 JWT that names its key")
         key = self._keys.get(header["kid"])
         if key is None:

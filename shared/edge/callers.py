@@ -8,10 +8,15 @@ skew), aud the Firebase project, iss `https://securetoken.google.com/<project>`,
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import re
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import flask
 import httpx
@@ -81,24 +86,48 @@ class _CertCache:
 _certs = _CertCache()
 
 
-def authenticate(request: flask.Request, settings: Settings) -> str | None:
-    """The caller's user id, None when auth is off; raises AuthError for a missing or bad token."""
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: a Firebase user (a guest when they signed in anonymously), or nobody in
+    particular with `AUTH_MODE=none`."""
+
+    user_id: str | None
+    guest: bool = False
+
+
+NOBODY = Caller(None)
+
+
+def authenticate(request: flask.Request, settings: Settings) -> Caller:
+    """The caller; raises AuthError for a missing or bad token (AUTH_MODE=firebase)."""
     if settings.auth_mode == "none":
-        return None
+        return NOBODY
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthError("an Authorization: Bearer <Firebase ID token> header is required")
     try:
-        user_id = verify_id_token(token, settings.firebase_project, settings.firebase_certs_url)
+        claims = verify_id_token(
+            token,
+            settings.firebase_project,
+            settings.firebase_certs_url,
+            emulated=settings.firebase_auth_emulator_host is not None,
+        )
     except AuthError as exc:
         log.info("caller refused: %s", exc)  # the reason only: never the token
         raise
-    return user_id
+    firebase = claims.get("firebase")
+    provider = firebase.get("sign_in_provider") if isinstance(firebase, dict) else None
+    return Caller(claims["sub"], guest=provider == "anonymous")
 
 
-def verify_id_token(token: str, project: str, certs_url: str) -> str:
-    """The uid (`sub`) of a valid Firebase ID token for `project`; raises AuthError otherwise."""
+def verify_id_token(token: str, project: str, certs_url: str, *, emulated: bool = False) -> dict[str, Any]:
+    """The claims of a valid Firebase ID token for `project`; raises AuthError otherwise.
+
+    `emulated` (FIREBASE_AUTH_EMULATOR_HOST is set, as the Admin SDKs have it): the Firebase Auth
+    emulator's tokens are unsigned (`alg: none`) and are accepted with the same claims checked.
+    Without it such a token is refused like any other that is not RS256.
+    """
     # Imported here: with AUTH_MODE=none the JWT machinery never loads, which shortens cold start.
     from google.auth import exceptions as gauth_exceptions
     from google.auth import jwt
@@ -107,18 +136,28 @@ def verify_id_token(token: str, project: str, certs_url: str) -> str:
         header = jwt.decode_header(token)
     except (ValueError, gauth_exceptions.GoogleAuthError) as exc:
         raise AuthError("the ID token is malformed") from exc
-    kid = header.get("kid")
-    # Refuse anything but RS256 before touching keys: no `none`, no HS256 keyed by a public cert.
-    if header.get("alg") != "RS256" or not isinstance(kid, str) or not kid:
-        raise AuthError("the ID token must be signed with RS256 and name its key id")
-    certs = _certs.get(certs_url)
-    if kid not in certs:
-        raise AuthError("the ID token is signed by an unknown key")
-    try:
-        claims = jwt.decode(token, certs=certs, audience=project, clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
-    except (ValueError, TypeError, gauth_exceptions.GoogleAuthError) as exc:
-        # Not the library's message: some of its messages quote the token.
-        raise AuthError("the ID token is not valid (signature, audience or validity period)") from exc
+    if emulated and header.get("alg") == "none":
+        claims = _unsigned_claims(token)
+        if claims.get("aud") != project:
+            raise AuthError("the ID token is not meant for this project")
+        expires = claims.get("exp")
+        if not isinstance(expires, int | float) or expires + CLOCK_SKEW_SECONDS < time.time():
+            raise AuthError("the ID token has expired")
+    else:
+        kid = header.get("kid")
+        # Refuse anything but RS256 before touching keys: no `none`, no HS256 keyed by a public cert.
+        if header.get("alg") != "RS256" or not isinstance(kid, str) or not kid:
+            raise AuthError("the ID token must be signed with RS256 and name its key id")
+        certs = _certs.get(certs_url)
+        if kid not in certs:
+            raise AuthError("the ID token is signed by an unknown key")
+        try:
+            claims = jwt.decode(
+                token, certs=certs, audience=project, clock_skew_in_seconds=CLOCK_SKEW_SECONDS
+            )
+        except (ValueError, TypeError, gauth_exceptions.GoogleAuthError) as exc:
+            # Not the library's message: some of its messages quote the token.
+            raise AuthError("the ID token is not valid (signature, audience or validity period)") from exc
     if claims.get("iss") != f"https://securetoken.google.com/{project}":
         raise AuthError("the ID token was not issued for this project")
     auth_time = claims.get("auth_time")
@@ -131,4 +170,17 @@ def verify_id_token(token: str, project: str, certs_url: str) -> str:
     user_id = claims.get("sub")
     if not isinstance(user_id, str) or not 0 < len(user_id) <= 128:
         raise AuthError("the ID token names no user")
-    return user_id
+    return claims
+
+
+def _unsigned_claims(token: str) -> dict[str, Any]:
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise AuthError("the ID token is malformed")
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise AuthError("the ID token is malformed") from exc
+    if not isinstance(claims, dict):
+        raise AuthError("the ID token is malformed")
+    return claims

@@ -46,7 +46,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import flask
 
+from shared.core import timings
 from shared.edge.answers import error_response
+from shared.edge.cors import headers_for
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -56,14 +58,10 @@ log = logging.getLogger("http_guard")
 Headers = list[tuple[str, str]]
 Write = Callable[[bytes], object]
 
-# Seconds without a single body byte before the body is abandoned (408). A phone on a poor link
-# stalls while TCP retransmits a lost segment: 1, 2 then 4 s (RFC 6298 backoff), 7 s for three
-# losses in a row; 10 s lets that pass and still frees a held thread quickly.
-READ_TIMEOUT = 10.0
-# Seconds for a whole body once the function starts reading it. A body here is at most 64 KiB:
-# 26 s at 20 kbit/s, a bad GPRS link; an EDGE or 3G phone needs 1 to 5 s. The deadline exists
-# because READ_TIMEOUT alone is defeated by a drip (a byte every 9 s keeps each recv() alive).
-BODY_DEADLINE = 30.0
+# Seconds without a single body byte before the body is abandoned (408), and for a whole body once
+# the function starts reading it (shared/core/timings.py says why each is what it is).
+READ_TIMEOUT = timings.BODY_READ_TIMEOUT
+BODY_DEADLINE = timings.BODY_DEADLINE
 # Enough of a request path to recognise it in a log line; the request line has no length limit
 # under functions-framework (limit_request_line=0).
 _PATH_ECHO = 200
@@ -97,17 +95,24 @@ class Limits:
     body_bytes: int
     read_timeout: float
     body_deadline: float
+    # The function's CORS policy, so that the guard's own answers carry the same headers.
+    origins: tuple[str, ...] = ()
+    methods: str = ""
 
 
 def install(
     app: flask.Flask,
     *,
     limit: int,
+    origins: tuple[str, ...] = (),
+    methods: str = "",
     read_timeout: float = READ_TIMEOUT,
     body_deadline: float = BODY_DEADLINE,
 ) -> None:
-    """Guard every request `app` serves: bodies of at most `limit` bytes, read within the timeouts."""
-    app.wsgi_app = BodyGuard(app.wsgi_app, Limits(limit, read_timeout, body_deadline))  # type: ignore[method-assign]
+    """Guard every request `app` serves: bodies of at most `limit` bytes, read within the timeouts;
+    the guard's own answers carry the CORS headers `origins` and `methods` call for."""
+    limits = Limits(limit, read_timeout, body_deadline, origins, methods)
+    app.wsgi_app = BodyGuard(app.wsgi_app, limits)  # type: ignore[method-assign]
     # Flask runs per-request after-hooks (after_this_request) before the app's own, among them
     # functions-framework's read_request, which is registered after main.py's import: a hook
     # registered here as an app hook would run after it, too late.
@@ -162,7 +167,7 @@ class BodyGuard:
             # The function never ran: the thread's log context still holds the previous request's
             # trace and sketch (shared/logs keeps them in contextvars; gunicorn reuses threads).
             contextvars.Context().run(_warn, refusal, environ)
-            return connection.refuse(refusal, environ)
+            return connection.refuse(refusal, environ, self._limits)
         if body is None:
             return self._app(environ, connection.start_response(None))
 
@@ -175,7 +180,7 @@ class BodyGuard:
             chunks = self._app(environ, connection.start_response(body))
         except BodyRefused as refusal:
             _warn(refusal, environ)
-            return connection.refuse(refusal, environ)
+            return connection.refuse(refusal, environ, self._limits)
         finally:
             body.seal()
             if sock is not None:
@@ -186,7 +191,7 @@ class BodyGuard:
             if hasattr(chunks, "close"):
                 chunks.close()
             _warn(body.failure, environ)
-            return connection.refuse(body.failure, environ)
+            return connection.refuse(body.failure, environ, self._limits)
         return chunks
 
     def _guard_body(self, environ: WSGIEnvironment, sock: socket.socket | None) -> GuardedBody | None:
@@ -226,13 +231,19 @@ class _Connection:
 
         return start  # type: ignore[return-value]
 
-    def refuse(self, refusal: BodyRefused, environ: WSGIEnvironment) -> Iterable[bytes]:
+    def refuse(self, refusal: BodyRefused, environ: WSGIEnvironment, limits: Limits) -> Iterable[bytes]:
         """The guard's own answer to a refused body, on a connection that then closes."""
 
         def start(status: str, headers: Headers, exc_info: Any = None) -> Write:
             return self._start(status, headers, exc_info, closing=True)
 
-        answer = error_response(refusal.status, refusal.code, str(refusal))
+        cors = headers_for(
+            environ.get("HTTP_ORIGIN"),
+            environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS"),
+            limits.origins,
+            limits.methods,
+        )
+        answer = error_response(refusal.status, refusal.code, str(refusal), cors)
         return answer(environ, start)  # type: ignore[arg-type]
 
     def _start(self, status: str, headers: Headers, exc_info: Any, *, closing: bool) -> Write:

@@ -20,12 +20,13 @@ from typing import Any, Protocol
 
 import httpx
 
+from shared.core import timings
 from shared.core.backoff import backoff_delay
 
 # Each attempt may take 2 s and attempts start within 2.5 s: a service that does not answer makes a
 # webhook delivery answer 503 in about 4.5 s, inside Novita's 5 s timeout.
-TIMEOUT = httpx.Timeout(2.0, connect=1.0)
-RETRY_WINDOW = 2.5
+TIMEOUT = httpx.Timeout(timings.GOOGLE_READ, connect=timings.GOOGLE_CONNECT)
+RETRY_WINDOW = timings.GOOGLE_RETRY_WINDOW
 RETRY_BASE_DELAY = 0.1
 RETRY_MAX_DELAY = 1.0
 _TRANSIENT_STATUSES = frozenset(

@@ -124,6 +124,15 @@ class Write:
     increments: Mapping[str, int] | None = None
 
 
+@dataclass(frozen=True)
+class Delete:
+    """The removal of a document, as one write of an atomic commit; `exists`: it must be there."""
+
+    collection: str
+    doc_id: str
+    exists: bool = False
+
+
 class Firestore:
     """Documents of one database, addressed as (collection, document id)."""
 
@@ -157,16 +166,27 @@ class Firestore:
         _, sums = self.commit([Write(collection, doc_id, data, None, {field: by})])[0]
         return int(sums[0])
 
-    def commit(self, writes: Sequence[Write]) -> list[tuple[str, list[Any]]]:
+    def delete(self, collection: str, doc_id: str) -> None:
+        """Remove the document, if it is there."""
+        self.commit([Delete(collection, doc_id)])
+
+    def commit(self, writes: Sequence[Write | Delete]) -> list[tuple[str, list[Any]]]:
         """Apply `writes` atomically; for each, its update time and the sums of its increments.
 
         AlreadyExists or PreconditionFailed, and nothing written, if any precondition fails.
         """
-        body = {"writes": [self._write(w) for w in writes]}
+        body = {"writes": [self._write(w) if isinstance(w, Write) else self._delete(w) for w in writes]}
         results = self._api.call("POST", f"{self._url}:commit", json=body).json()["writeResults"]
         return [
-            (str(r["updateTime"]), [decode_value(v) for v in r.get("transformResults", [])]) for r in results
+            (str(r.get("updateTime", "")), [decode_value(v) for v in r.get("transformResults", [])])
+            for r in results
         ]
+
+    def _delete(self, delete: Delete) -> dict[str, Any]:
+        out: dict[str, Any] = {"delete": self._name(delete.collection, delete.doc_id)}
+        if delete.exists:
+            out["currentDocument"] = {"exists": True}
+        return out
 
     def _write(self, write: Write) -> dict[str, Any]:
         out: dict[str, Any] = {

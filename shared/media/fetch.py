@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from shared.core import timings
 from shared.core.config import MediaPolicy
 from shared.core.deadline import Deadline
 from shared.media.policy import (
@@ -30,8 +31,8 @@ from shared.media.policy import (
 from shared.media.still import DEFAULT_MAX_BYTES
 
 # Each phase of a media download waits at most this long (and never past the step's deadline).
-CONNECT_SECONDS = 5.0
-READ_SECONDS = 10.0
+CONNECT_SECONDS = timings.MEDIA_CONNECT
+READ_SECONDS = timings.MEDIA_READ
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _EXPIRED_STATUSES = frozenset({403, 404, 410})

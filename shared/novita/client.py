@@ -24,11 +24,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
+from shared.core import timings
 from shared.core.backoff import RETRY_STATUSES, backoff_delay, retry_after_seconds
 from shared.core.config import Settings
 from shared.core.deadline import Deadline
@@ -44,18 +45,15 @@ TASK_RESULT_PATH = "/v3/async/task-result"
 SEEDREAM_MODEL = "seedream-3-0-t2i-250415"
 KLING_GUIDANCE = 0.5
 
-# Connecting is quick or not at all; an upload of a 10 MB still may take a while to write; Seedream
-# draws while its request waits.
-CONNECT_SECONDS = 5.0
-READ_SECONDS = 30.0
-WRITE_SECONDS = 60.0
-SEEDREAM_READ_SECONDS = 100.0
+# Each phase's limit lives with the timings it must stay in order with (shared/core/timings.py).
+CONNECT_SECONDS = timings.NOVITA_CONNECT
+READ_SECONDS = timings.NOVITA_READ
+WRITE_SECONDS = timings.NOVITA_WRITE
+SEEDREAM_READ_SECONDS = timings.SEEDREAM_READ
 # A POST is re-sent only when Novita surely did not receive it (connect failure, 429).
 POST_ATTEMPTS = 3
-POST_DEADLINE_SECONDS = 10.0
-# A paid POST is sent only while at least this long is left to hear its answer: one sent at the
-# deadline's very end would start a task whose id never arrives.
-MIN_POST_SECONDS = 2.0
+POST_DEADLINE_SECONDS = timings.NOVITA_POST_RETRY_WINDOW
+MIN_POST_SECONDS = timings.MIN_POST_SECONDS
 # task-result is a GET: tried again through 429, 503, 504 and network faults, within the deadline.
 GET_ATTEMPTS = 4
 GET_BASE_DELAY = 0.25
@@ -149,6 +147,30 @@ def error_from_response(response: httpx.Response) -> NovitaError:
     return kind(message, status_code=response.status_code, code=body.get("code"), reason=reason)
 
 
+Request = Literal["text_to_image", "image_to_video"]
+
+
+class FormMemory(Protocol):
+    """Where the forms Novita takes are remembered between instances."""
+
+    def load(self) -> dict[Request, Form]: ...
+
+    def save(self, request: Request, form: Form) -> None: ...
+
+
+class FormsInMemory:
+    """This instance's memory only (the client's default; tests)."""
+
+    def __init__(self) -> None:
+        self._forms: dict[Request, Form] = {}
+
+    def load(self) -> dict[Request, Form]:
+        return dict(self._forms)
+
+    def save(self, request: Request, form: Form) -> None:
+        self._forms[request] = form
+
+
 class NovitaClient:
     """One per instance: it keeps its connections open, and remembers which forms Novita takes."""
 
@@ -158,6 +180,7 @@ class NovitaClient:
         *,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        memory: FormMemory | None = None,
     ) -> None:
         self._settings = settings
         self._sleep = sleep
@@ -169,22 +192,31 @@ class NovitaClient:
             transport=transport or httpx.HTTPTransport(),
         )
         self._lock = threading.Lock()
-        self._forms: dict[str, Form] = {"text_to_image": "guide", "image_to_video": "guide"}
+        self._memory = memory or FormsInMemory()
+        self._forms: dict[Request, Form] | None = None
 
     def close(self) -> None:
         self._http.close()
 
     # ---------------------------------------------------------------------------------- forms
 
-    def form(self, request: Literal["text_to_image", "image_to_video"]) -> Form:
+    def form(self, request: Request) -> Form:
         with self._lock:
+            if self._forms is None:
+                # Learnt once per instance from what the project remembers: a new instance does not
+                # send a form Novita has refused before (and a request cut short by a crash is then
+                # in the form Novita takes).
+                self._forms = {"text_to_image": "guide", "image_to_video": "guide", **self._memory.load()}
             return self._forms[request]
 
-    def remember(self, request: Literal["text_to_image", "image_to_video"], form: Form) -> None:
+    def remember(self, request: Request, form: Form) -> None:
+        if self.form(request) == form:
+            return
         with self._lock:
-            if self._forms[request] != form:
-                log.warning("Novita takes the %s form of %s from now on", form, request.replace("_", " "))
+            assert self._forms is not None
             self._forms[request] = form
+        log.warning("Novita takes the %s form of %s from now on", form, request.replace("_", " "))
+        self._memory.save(request, form)
 
     # ----------------------------------------------------------------------------- requests
 
@@ -259,14 +291,17 @@ class NovitaClient:
         duration: int,
         webhook_url: str,
         deadline: Deadline,
+        sending: Callable[[Form], None],
     ) -> tuple[str, Form]:
         """Start Kling on the still, in the form Novita takes; its task id and that form.
 
-        The guide's form uploads the still's bytes as multipart; the reference's sends JSON with
-        the still's URL.
+        The guide's form uploads the still's bytes as multipart (and registers the webhook); the
+        reference's sends JSON with the still's URL (and has no webhook). `sending` is told each form
+        before its request goes out, so that the caller's record says which one may be in flight.
         """
         first = self.form("image_to_video")
         for form in (first, *(f for f in FORMS if f != first)):
+            sending(form)
             try:
                 if form == "guide":
                     fields = {

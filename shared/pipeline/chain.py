@@ -9,25 +9,28 @@ from datetime import timedelta
 from shared.core.deadline import Deadline
 from shared.media.fetch import fetch_media
 from shared.media.still import Still, inspect_still
-from shared.novita.client import NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
+from shared.novita.client import NovitaError, NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
 from shared.pipeline import lease as leases
+from shared.pipeline import paid
 from shared.pipeline.lease import Lease
 from shared.pipeline.links import from_novita, upload
-from shared.pipeline.results import NO_LEASE, Outcome, fail_changes, progress_at
-from shared.pipeline.work import RetryLater, Tools, record_paid
+from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, Outcome, fail_changes, progress_at
+from shared.pipeline.work import RetryLater, Tools, Waiting, after_novita_failed, record_paid
 from shared.sketch.model import Sketch, Status, StepKind, utcnow
 from shared.sketch.store import Changes
 
 log = logging.getLogger(__name__)
 
-# Connect, write and read timeouts of a Kling request: the lease must still run this long when it is sent.
-KLING_REQUEST_BUDGET = timedelta(seconds=95)
-
 
 def run(tools: Tools, sketch: Sketch, deadline: Deadline) -> Outcome:
+    grace = tools.settings.unknown_outcome_grace_seconds
+
     def may(s: Sketch) -> bool:
-        # A request whose outcome is unknown may have started a paid task: never send it again.
-        return s.status is Status.IMAGE_COMPLETE and s.video_task_id is None and s.submission_unknown is None
+        return (
+            s.status is Status.IMAGE_COMPLETE
+            and s.video_task_id is None
+            and paid.may_send(s, "video", utcnow(), grace)
+        )
 
     with leases.take(tools, sketch, may) as lease:
         if lease is None:
@@ -41,67 +44,84 @@ def run(tools: Tools, sketch: Sketch, deadline: Deadline) -> Outcome:
             and not _store_still(tools, lease, still, deadline)
         ):
             return Outcome.APPLIED
-        sketch = lease.hold(KLING_REQUEST_BUDGET)
-        tools.breaker.check()
-        assert sketch.novita_image_url is not None
+        return start_kling(tools, lease, still, deadline)
+
+
+def start_kling(tools: Tools, lease: Lease, still: Still, deadline: Deadline) -> Outcome:
+    """Ask Kling to animate `still` for the lease's sketch, and record its task: the one place an
+    image-to-video task is paid for (the chain, and a retry from the kept still)."""
+    probe = tools.breaker.check()
+    sketch = lease.sketch
+    error: NovitaError | None = None
+    try:
         try:
             video_task_id, form = tools.novita.start_image_to_video(
                 still=still,
-                still_url=sketch.novita_image_url,
+                still_url=sketch.novita_image_url or sketch.image_url or "",
                 prompt=sketch.video_prompt,
                 negative_prompt=sketch.negative_prompt,
                 duration=sketch.duration,
                 webhook_url=tools.webhook_url(sketch.id, "video"),
                 deadline=deadline,
+                # Kling's guide form registers a webhook, which names the sketch; the reference's has none.
+                sending=lambda form: paid.send(lease, "video", webhook=form == "guide"),
             )
-        except NovitaRejected as exc:
-            if exc.is_balance:
-                # The chain can wait: its step comes back, with backoff, until the balance does.
-                tools.breaker.open(exc)
-                lease.release()
-                raise RetryLater(f"Kling refused for the balance: {exc.describe()}") from exc
-            lease.finish(fail_changes(exc.describe()))
-            log.warning("Kling refused the still: %s", exc.describe())
-            return Outcome.APPLIED
-        except NovitaUnavailable as exc:
-            lease.release()
-            raise RetryLater(f"image-to-video could not be started: {exc.describe()}") from exc
-        except NovitaOutcomeUnknown as exc:
-            now = utcnow()
-            grace = timedelta(seconds=tools.settings.unknown_outcome_grace_seconds)
-            lease.finish(
-                {
-                    **NO_LEASE,
-                    "submission_unknown": "video",
-                    "submission_unknown_since": now,
-                    "recovery_due_at": now + grace,
-                }
-            )
-            log.warning("image-to-video outcome unknown; it is not sent again: %s", exc.describe())
-            return Outcome.IN_PROGRESS
+        except NovitaError as exc:
+            error = exc
+        tools.breaker.settle(probe, error)
+    finally:
+        tools.breaker.release(probe)  # nothing was asked after all (the lease was lost first)
+    if isinstance(error, NovitaRejected):
+        if error.is_balance:
+            # The chain can wait: its step comes back, with backoff, until the balance does.
+            lease.release(OUTCOME_KNOWN)
+            raise Waiting(None, f"Kling refused for the balance: {error.describe()}") from error
+        lease.finish(fail_changes(error.describe()))
+        log.warning("Kling refused the still: %s", error.describe())
+        return Outcome.APPLIED
+    if isinstance(error, NovitaUnavailable):
+        backoff = after_novita_failed(lease.sketch)
+        lease.release({**OUTCOME_KNOWN, **backoff}, due=backoff["retry_not_before"])
+        raise RetryLater(f"image-to-video could not be started: {error.describe()}") from error
+    if isinstance(error, NovitaOutcomeUnknown):
+        # The record says which form was in flight: only the guide's can be adopted through its webhook.
+        webhook = lease.sketch.submission_webhook
+        now = utcnow()
+        due = now + timedelta(seconds=tools.settings.unknown_outcome_grace_seconds) if webhook else now
+        lease.release(due=due)
+        if not webhook:
+            # Its task can never reach the sketch: the next delivery pays again, and says so.
+            raise RetryLater(f"Kling's answer was lost and its task cannot be found: {error.describe()}")
+        log.warning(
+            "image-to-video answer lost; waiting for its webhook, not sending it again: %s", error.describe()
+        )
+        return Outcome.IN_PROGRESS
 
-        def record(s: Sketch) -> Changes | None:
-            if s.status is not Status.IMAGE_COMPLETE or s.video_task_id is not None:
-                return None  # the video's own result got here first and adopted the task
-            return {
-                "status": Status.VIDEO_PENDING,
-                "video_task_id": video_task_id,
-                "progress": max(s.progress, progress_at("video")),
-                **NO_LEASE,
-                "recovery_due_at": tools.results.recovery_due(utcnow(), StepKind.CHECK),
-            }
+    def record(s: Sketch) -> Changes | None:
+        if s.status is not Status.IMAGE_COMPLETE or s.video_task_id is not None:
+            return None  # the video's own result got here first and adopted the task
+        return {
+            "status": Status.VIDEO_PENDING,
+            "video_task_id": video_task_id,
+            "progress": max(s.progress, progress_at("video")),
+            **NO_LEASE,
+            **OUTCOME_KNOWN,
+            "recovery_due_at": tools.results.recovery_due(utcnow(), StepKind.CHECK),
+        }
 
-        try:
-            record_paid(
-                f"the image-to-video task {video_task_id}",
-                lambda: tools.store.mutate(sketch.id, record, known=sketch),
-                deadline,
-            )
-        except RetryLater:
-            # The lease stays, so no other step asks Kling before this task's result is adopted,
-            # unless the lease runs out first.
-            log.error("image-to-video task started but not recorded", extra={"task_id": video_task_id})
-            raise
+    try:
+        recorded, changed = record_paid(
+            f"the image-to-video task {video_task_id}",
+            lambda: tools.store.mutate(sketch.id, record, known=lease.sketch),
+            deadline,
+        )
+    except RetryLater:
+        # The request's record stays: no other step asks Kling before this task's result is adopted.
+        log.error("image-to-video task started but not recorded", extra={"task_id": video_task_id})
+        raise
+    if not changed and (recorded is None or recorded.video_task_id != video_task_id):
+        log.warning("a paid task that no sketch adopts", extra={"task_id": video_task_id, "stage": "video"})
+        return Outcome.DUPLICATE
     log.info("image-to-video task started", extra={"task_id": video_task_id, "form": form})
     return Outcome.APPLIED
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from shared.core.deadline import Deadline
 from shared.novita.client import NovitaRejected
 from shared.novita.models import TaskResult
+from shared.pipeline import paid
 from shared.pipeline.queue import Step
 from shared.pipeline.results import MalformedResult, Outcome, stage_of
 from shared.pipeline.work import Tools, fail_unless_final
@@ -50,16 +51,11 @@ def examine(tools: Tools, sketch: Sketch, deadline: Deadline, hint: Hint | None 
     asked = _task_to_ask(sketch, hint)
     if asked is None:
         if hint is not None:
-            log.info(
-                "a result for a task the sketch does not wait on: ignored", extra={"task_id": hint.task_id}
-            )
+            note_ignored(sketch, hint.task_id)
             return Outcome.IGNORED
-        if sketch.submission_unknown is not None:
-            if not unknown_expired(tools, sketch, now):
-                return Outcome.IN_PROGRESS
-            return fail_unless_final(
-                tools.store, sketch, unknown_reason(tools, sketch), "gave up on an unconfirmed request"
-            )
+        unanswered = _unanswered(tools, sketch, now)
+        if unanswered is not None:
+            return unanswered
         outcome, latest = Outcome.IN_PROGRESS, sketch
     else:
         task_id, stage = asked
@@ -85,51 +81,70 @@ def examine(tools: Tools, sketch: Sketch, deadline: Deadline, hint: Hint | None 
 
 
 def hand_on(tools: Tools, sketch: Sketch, now: datetime) -> None:
-    """Publish the slow step the sketch needs, unless a step holds it or a request awaits its outcome."""
+    """Publish the slow step the sketch needs, unless a live holder has it or a request awaits its
+    answer (one that can no longer be adopted is sent again by that step: `shared/pipeline/paid.py`)."""
     kind = sketch.next_step()
-    if (
-        kind is not None
-        and kind.is_slow
-        and not sketch.lease_is_live(now)
-        and sketch.submission_unknown is None
+    if kind is None or not kind.is_slow or sketch.lease_is_live(now):
+        return
+    if sketch.submission_unknown is None or paid.may_send(
+        sketch, sketch.submission_unknown, now, tools.settings.unknown_outcome_grace_seconds
     ):
         tools.queue.publish(Step(kind=kind, sketch_id=sketch.id))
 
 
-def unknown_expired(tools: Tools, sketch: Sketch, now: datetime) -> bool:
-    if sketch.image_form == "sync" and sketch.submission_unknown == "image":
-        # Seedream's answer comes with the request or not at all: once its step is gone, it is lost.
-        return not sketch.lease_is_live(now)
-    since = sketch.submission_unknown_since
-    grace = timedelta(seconds=tools.settings.unknown_outcome_grace_seconds)
-    return since is None or since + grace <= now
+def is_unadopted(sketch: Sketch, task_id: str) -> bool:
+    """Whether a task reported for the sketch is none of its own: a paid task that no sketch adopts."""
+    return task_id not in (sketch.image_task_id, sketch.video_task_id)
 
 
-def unknown_reason(tools: Tools, sketch: Sketch) -> str:
-    if sketch.image_form == "sync" and sketch.submission_unknown == "image":
-        return (
-            "Seedream's synchronous request did not finish; it was not sent again, so that it is "
-            "not paid for twice"
+def note_ignored(sketch: Sketch, task_id: str) -> None:
+    """Log a result the sketch does not wait on: a WARNING when the task is none of the sketch's."""
+    if is_unadopted(sketch, task_id):
+        # Someone paid for it: an operator reconciling Novita's bill looks for these.
+        log.warning(
+            "a paid task that no sketch adopts", extra={"task_id": task_id, "status": str(sketch.status)}
         )
-    what = "text-to-image" if sketch.submission_unknown == "image" else "image-to-video"
+    else:
+        log.info("a result already applied: ignored", extra={"task_id": task_id})
+
+
+def _unanswered(tools: Tools, sketch: Sketch, now: datetime) -> Outcome | None:
+    """Settle a sketch whose paid request went unanswered, or whose create died before sending it;
+    None when there is nothing of the kind to settle."""
+    if sketch.lease_is_live(now):
+        return Outcome.IN_PROGRESS if sketch.submission_unknown is not None else None
     grace = tools.settings.unknown_outcome_grace_seconds
-    return (
-        f"Novita did not confirm the {what} request and no result arrived within {grace:.0f} s; "
-        "it was not sent again, so that it is not paid for twice"
-    )
+    create_request = sketch.status is Status.IMAGE_PENDING and sketch.image_form == "task"
+    if sketch.submission_unknown is None:
+        if create_request and sketch.image_task_id is None:
+            return fail_unless_final(tools.store, sketch, paid.NEVER_SENT, "a create died before its request")
+        return None
+    if not paid.abandoned(sketch, now, grace):
+        return Outcome.IN_PROGRESS  # its task may still show up and be adopted
+    if create_request or len(sketch.repaid) >= paid.MAX_REPAYS:
+        reason = paid.unanswered_reason(sketch, grace)
+        return fail_unless_final(tools.store, sketch, reason, "gave up on an unanswered request")
+    return None  # the step that sends it again is handed on
+
+
+def waits_on(sketch: Sketch, hint: Hint) -> bool:
+    """Whether the sketch waits on the task a webhook named: its own task of that stage, or a task of
+    a stage whose request's answer is not known yet (adopted once task-result confirms it)."""
+    stage = stage_of(sketch, hint.task_id, hint.stage)
+    if stage == "image":
+        return sketch.status is Status.IMAGE_PENDING
+    if stage == "video":
+        return sketch.status is Status.IMAGE_COMPLETE or (
+            sketch.status is Status.VIDEO_PENDING and sketch.novita_video_url is None
+        )
+    return False
 
 
 def _task_to_ask(sketch: Sketch, hint: Hint | None) -> tuple[str, Stage] | None:
-    """Which task to ask Novita about: the one a webhook named, if the sketch waits on it (or on an
-    unknown task of that stage); else the task the sketch waits on, if any."""
+    """Which task to ask Novita about: the one a webhook named, if the sketch waits on it; else the
+    task the sketch waits on, if any."""
     if hint is not None:
-        stage = stage_of(sketch, hint.task_id, hint.stage)
-        waiting = stage == "image" and sketch.status is Status.IMAGE_PENDING
-        waiting |= stage == "video" and (
-            sketch.status is Status.IMAGE_COMPLETE
-            or (sketch.status is Status.VIDEO_PENDING and sketch.novita_video_url is None)
-        )
-        return (hint.task_id, hint.stage) if stage is not None and waiting else None
+        return (hint.task_id, hint.stage) if waits_on(sketch, hint) else None
     if sketch.next_step() is not StepKind.CHECK:
         return None
     stage: Stage = "image" if sketch.status is Status.IMAGE_PENDING else "video"

@@ -4,6 +4,8 @@ Novita gives up on a webhook after five attempts, and its reference documents no
 at all, so recovery may be what finishes every video. Every unfinished sketch carries
 `recovery_due_at`, when it should next be looked at:
 
+- a webhook delivery hands a `check` of the task it names on to the queue, once per interval
+  (`delivered`);
 - a `GET ?id=` of a sketch that is due hands a `check` step on to the queue (`refresh`). However
   many clients poll at once, the turn is claimed with a conditional write, so Novita is asked at
   most once per `RECOVERY_INTERVAL_SECONDS` per sketch;
@@ -18,26 +20,30 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from shared.core import logs
+from shared.core import logs, timings
 from shared.core.deadline import Deadline
+from shared.pipeline import check
+from shared.pipeline.check import Hint
 from shared.pipeline.queue import QueueUnavailable, Step, StepQueue
 from shared.pipeline.results import Outcome, Results
 from shared.pipeline.steps import Worker
-from shared.pipeline.work import TRANSIENT
+from shared.pipeline.work import TRANSIENT, WAITS
 from shared.sketch.model import Sketch, StepKind, utcnow
 from shared.sketch.store import Changes, SketchStore
 
 log = logging.getLogger(__name__)
 
-SWEEP_SECONDS = 100.0
+SWEEP_SECONDS = timings.SWEEP_BUDGET
 PAGE_SIZE = 100
 # Sketches looked at at once: each mostly waits on task-result.
 PARALLEL = 16
 # A page is not started with less time than this left: its sketches would be claimed and then
 # left for the next sweep.
-PAGE_MARGIN_SECONDS = 10.0
+PAGE_MARGIN_SECONDS = timings.SWEEP_PAGE_MARGIN
+# Copies of a delivery within this (or RECOVERY_INTERVAL_SECONDS, if longer) hand nothing on.
+HINT_SECONDS = 5.0
 
 
 @dataclass
@@ -90,6 +96,43 @@ class Recovery:
             log.warning("recovery check not handed on: %s", exc)
         return claimed
 
+    def delivered(self, sketch_id: str, hint: Hint) -> str:
+        """A webhook delivery naming a task: a check is handed on only when the sketch waits on that
+        task and none was handed on for it within the interval (one conditional claim, so a leaked
+        webhook URL called a thousand times costs a read each and one check). The outcome, in a word.
+        QueueUnavailable when the check could not be handed on (the claim is given back)."""
+        sketch = self._store.get(sketch_id)
+        if sketch is None or sketch.status.is_final:
+            return "ignored"
+        if not check.waits_on(sketch, hint):
+            check.note_ignored(sketch, hint.task_id)
+            return "ignored"
+        now = utcnow()
+        until = now + timedelta(seconds=max(self._results.interval, HINT_SECONDS))
+
+        def claim(s: Sketch) -> Changes | None:
+            if s.status.is_final or (s.hint_task_id == hint.task_id and s.hint_until and s.hint_until > now):
+                return None
+            return {"hint_task_id": hint.task_id, "hint_until": until}
+
+        claimed, won = self._store.mutate(sketch_id, claim, known=sketch)
+        if not won or claimed is None:
+            return "duplicate"
+        step = Step(
+            kind=StepKind.CHECK,
+            sketch_id=sketch_id,
+            task_id=hint.task_id,
+            stage=hint.stage,
+            result=hint.result,
+        )
+        try:
+            self._queue.publish(step)
+        except QueueUnavailable:
+            # Novita delivers again; that copy must find no claim.
+            self._store.mutate(sketch_id, lambda s: {"hint_until": None} if s.hint_until == until else None)
+            raise
+        return "queued"
+
     def sweep(self, deadline: Deadline) -> SweepReport:
         """Look at every sketch that is due, until `deadline`."""
         report = SweepReport()
@@ -123,6 +166,6 @@ class Recovery:
             if claimed is None:
                 return None, None
             return self._worker.examine(claimed, deadline), None
-        except TRANSIENT as exc:
+        except (*TRANSIENT, *WAITS) as exc:
             log.warning("recovery did not finish: %s", exc)
             return None, str(exc)[:300]

@@ -55,7 +55,7 @@ class MalformedResult(Exception):
 
 # Parts of a change: the step's lease given back, and a submission's outcome no longer unknown.
 NO_LEASE: Changes = {"step_lease_owner": None, "step_lease_until": None}
-OUTCOME_KNOWN: Changes = {"submission_unknown": None, "submission_unknown_since": None}
+OUTCOME_KNOWN: Changes = {"submission_unknown": None, "submission_unknown_since": None, "submission_owner": None}
 
 
 def fail_changes(message: str) -> Changes:
@@ -92,6 +92,11 @@ class Results:
     def __init__(self, settings: Settings, store: SketchStore) -> None:
         self._settings = settings
         self._store = store
+
+    @property
+    def interval(self) -> float:
+        """RECOVERY_INTERVAL_SECONDS: the least time between two looks at one sketch."""
+        return self._settings.recovery_interval_seconds
 
     def recovery_due(self, now: datetime, waits_on: StepKind | None) -> datetime:
         """When recovery may next look at a sketch changed at `now` that now `waits_on` a step.

@@ -1,66 +1,74 @@
 """The `seedream` step: make the still with Seedream 3.0's synchronous endpoint (Novita's reference
-form of text to image), which answers with the image itself after drawing it."""
+form of text to image), which answers with the image itself after drawing it.
+
+Its answer is the only way the still can reach the sketch (no task, no webhook): a request whose
+answer was lost can never be adopted, so the next delivery sends it again (`shared/pipeline/paid.py`).
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from shared.core.deadline import Deadline
-from shared.novita.client import NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
+from shared.novita.client import NovitaError, NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
 from shared.pipeline import lease as leases
-from shared.pipeline.check import hand_on, unknown_reason
+from shared.pipeline import paid
+from shared.pipeline.check import hand_on
 from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, Outcome, fail_changes, progress_at
-from shared.pipeline.work import RetryLater, Tools, record_paid
+from shared.pipeline.work import RetryLater, Tools, Waiting, after_novita_failed, record_paid
 from shared.sketch.model import Sketch, Status, StepKind, utcnow
 from shared.sketch.store import Changes
 
 log = logging.getLogger(__name__)
 
-SEEDREAM_REQUEST_BUDGET = timedelta(seconds=110)
-
 
 def run(tools: Tools, sketch: Sketch, deadline: Deadline) -> Outcome:
+    grace = tools.settings.unknown_outcome_grace_seconds
+
     def may(s: Sketch) -> bool:
         return (
             s.status is Status.IMAGE_PENDING
             and s.image_form == "sync"
             and s.image_task_id is None
-            and s.submission_unknown is None
+            and paid.may_send(s, "image", utcnow(), grace)
         )
 
-    now = utcnow()
-    # Until Seedream answers, whether the still was paid for is unknown.
-    with leases.take(
-        tools, sketch, may, {"submission_unknown": "image", "submission_unknown_since": now}
-    ) as lease:
+    with leases.take(tools, sketch, may) as lease:
         if lease is None:
             return Outcome.IN_PROGRESS
-        sketch = lease.hold(SEEDREAM_REQUEST_BUDGET)
-        tools.breaker.check()
+        probe = tools.breaker.check()
+        error: NovitaError | None = None
         try:
-            url = tools.novita.seedream(
-                prompt=sketch.prompt,
-                width=sketch.width,
-                height=sketch.height,
-                seed=sketch.seed,
-                deadline=deadline,
-            )
-        except NovitaRejected as exc:
-            if exc.is_balance:
-                tools.breaker.open(exc)
+            sketch = paid.send(lease, "image", webhook=False)
+            try:
+                url = tools.novita.seedream(
+                    prompt=sketch.prompt,
+                    width=sketch.width,
+                    height=sketch.height,
+                    seed=sketch.seed,
+                    deadline=deadline,
+                )
+            except NovitaError as exc:
+                error = exc
+            tools.breaker.settle(probe, error)
+        finally:
+            tools.breaker.release(probe)  # nothing was asked after all (the lease was lost first)
+        if isinstance(error, NovitaRejected):
+            if error.is_balance:
+                # The still can wait: its step comes back until the balance does.
                 lease.release(OUTCOME_KNOWN)
-                raise RetryLater(f"Seedream refused for the balance: {exc.describe()}") from exc
-            lease.finish(fail_changes(exc.describe()))
-            log.warning("Seedream refused the request: %s", exc.describe())
+                raise Waiting(None, f"Seedream refused for the balance: {error.describe()}") from error
+            lease.finish(fail_changes(error.describe()))
+            log.warning("Seedream refused the request: %s", error.describe())
             return Outcome.APPLIED
-        except NovitaUnavailable as exc:
-            lease.release(OUTCOME_KNOWN)
-            raise RetryLater(f"Seedream could not be reached: {exc.describe()}") from exc
-        except NovitaOutcomeUnknown as exc:
-            lease.finish(fail_changes(unknown_reason(tools, sketch)))
-            log.warning("Seedream's answer was lost: %s", exc.describe())
-            return Outcome.APPLIED
+        if isinstance(error, NovitaUnavailable):
+            backoff = after_novita_failed(lease.sketch)
+            lease.release({**OUTCOME_KNOWN, **backoff}, due=backoff["retry_not_before"])
+            raise RetryLater(f"Seedream could not be reached: {error.describe()}") from error
+        if isinstance(error, NovitaOutcomeUnknown):
+            # The still may be drawn and paid for, but it can never reach the sketch now.
+            lease.release(due=utcnow())
+            raise RetryLater(f"Seedream's answer was lost: {error.describe()}") from error
         now = utcnow()
         drawn: Changes = {
             "status": Status.IMAGE_COMPLETE,

@@ -1,8 +1,10 @@
 """The steps: the slow work of a sketch, each run from Pub/Sub (`shared/pipeline/queue.py`) within one
 deadline. Each kind lives in its own module: `check`, `seedream`, `chain`, `copy`.
 
-A fault that may pass raises one of `TRANSIENT`: the push is answered 5xx and Pub/Sub delivers the
-step again. Once a step ends in the dead letters, the sketch fails with the reason (`dead_letter`).
+A fault that may pass raises one of `TRANSIENT`: the push is answered 5xx, Pub/Sub delivers the step
+again, and the sketch counts the failure. A step that cannot run yet raises one of `WAITS` (another
+holder works on the sketch, the balance breaker is open): answered 5xx too, but never counted. A
+step that ends in the dead letters fails its sketch only as far as the sketch's own count bears out.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from shared.sketch.model import Sketch, StepKind
 from shared.sketch.store import Changes, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+# Failures in a row of one step that a dead letter needs to see on the sketch before it fails it.
+DEAD_LETTER_FAILURES = 3
 
 _SLOW: dict[StepKind, Callable[[Tools, Sketch, Deadline], Outcome]] = {
     StepKind.SEEDREAM: seedream.run,
@@ -54,26 +59,44 @@ class Worker:
         return check.examine(self.tools, sketch, deadline)
 
     def note_failure(self, step: Step, error: Exception) -> None:
-        """Keep why the step did not finish, for the reason the sketch fails with if it never does."""
+        """Count the step's failure on the sketch, with why: a dead letter fails the sketch only when
+        its own record shows that step failing (`dead_letter`)."""
         message = f"{step.kind.value}: {error}"[:500]
+
+        def note(s: Sketch) -> Changes | None:
+            if s.status.is_final or s.next_step() is not step.kind:
+                return None
+            failures = s.step_failures + 1 if s.failed_step is step.kind else 1
+            return {"failed_step": step.kind, "step_failures": failures, "last_step_error": message}
+
         # If Firestore is what failed, there is nothing to keep the reason in.
         with contextlib.suppress(StoreUnavailable):
-            self.tools.store.mutate(
-                step.sketch_id, lambda s: None if s.status.is_final else {"last_step_error": message}
-            )
+            self.tools.store.mutate(step.sketch_id, note)
 
-    def dead_letter(self, step: Step, attempts: int | None) -> Outcome:
-        """A step Pub/Sub gave up on: the sketch fails with the reason, if it still waits on it."""
+    def dead_letter(self, step: Step) -> Outcome:
+        """A step Pub/Sub gave up on. Pub/Sub hands the message on unchanged, so it proves nothing by
+        itself: the sketch fails only if it still waits on that step and its own record shows the
+        step failing at least DEAD_LETTER_FAILURES times in a row (a wait, such as an open balance
+        breaker or a busy lease, is never counted). Otherwise recovery takes the sketch up again."""
         logs.bind_sketch(step.sketch_id)
-        tries = f"{attempts} times" if attempts else "every time Pub/Sub tried"
 
         def fail(s: Sketch) -> Changes | None:
             if s.status.is_final or s.next_step() is not step.kind:
                 return None
+            if s.failed_step is not step.kind or s.step_failures < DEAD_LETTER_FAILURES:
+                return None
             last = s.last_step_error or "no reason was recorded"
-            return fail_changes(f"the {step.kind.value} step failed {tries}; the last time: {last}")
+            return fail_changes(
+                f"the {step.kind.value} step failed {s.step_failures} times; the last time: {last}"
+            )
 
         sketch, changed = self.tools.store.mutate(step.sketch_id, fail)
         if changed:
             log.error("a step ended in the dead letters; the sketch failed", extra={"step": step.kind.value})
-        return Outcome.APPLIED if changed else Outcome.IGNORED if sketch is None else Outcome.DUPLICATE
+            return Outcome.APPLIED
+        if sketch is not None and not sketch.status.is_final:
+            log.warning(
+                "a dead letter the sketch's own record does not bear out changed nothing",
+                extra={"step": step.kind.value, "failures": sketch.step_failures},
+            )
+        return Outcome.IGNORED if sketch is None else Outcome.DUPLICATE

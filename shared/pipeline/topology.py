@@ -11,19 +11,25 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from shared.core import timings
+
 TOPIC = "sketch-steps"
 DEAD_LETTER_TOPIC = "sketch-steps-dead-letter"
 SUBSCRIPTION = "sketch-steps-push"
 DEAD_LETTER_SUBSCRIPTION = "sketch-steps-dead-letter-push"
 STEP_ACTION = "step"
 DEAD_LETTER_ACTION = "dead_letter"
+SWEEP_ACTION = "sweep"
 
 # One deadline per step, shorter than the function's timeout, which is shorter than the ack
 # deadline (for push, also the time Pub/Sub waits for the answer): a step is never delivered again
-# while it may still be running.
-STEP_DEADLINE_SECONDS = 150
-FUNCTION_TIMEOUT_SECONDS = 240
-ACK_DEADLINE_SECONDS = 300
+# while it may still be running (shared/core/timings.py keeps them in order).
+STEP_DEADLINE_SECONDS = int(timings.STEP_DEADLINE)
+FUNCTION_TIMEOUT_SECONDS = int(timings.WEBHOOK_FUNCTION_TIMEOUT)
+PUBLIC_FUNCTION_TIMEOUT_SECONDS = int(timings.PUBLIC_WEBHOOK_FUNCTION_TIMEOUT)
+CREATE_FUNCTION_TIMEOUT_SECONDS = int(timings.CREATE_FUNCTION_TIMEOUT)
+SCHEDULER_ATTEMPT_DEADLINE_SECONDS = int(timings.SCHEDULER_ATTEMPT_DEADLINE)
+ACK_DEADLINE_SECONDS = int(timings.ACK_DEADLINE)
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,12 @@ def main(argv: list[str]) -> int:
         "DEAD_LETTER_SUBSCRIPTION": DEAD_LETTER_SUBSCRIPTION,
         "STEP_ACTION": STEP_ACTION,
         "DEAD_LETTER_ACTION": DEAD_LETTER_ACTION,
+        "SWEEP_ACTION": SWEEP_ACTION,
         "ACK_DEADLINE_SECONDS": ACK_DEADLINE_SECONDS,
         "FUNCTION_TIMEOUT_SECONDS": FUNCTION_TIMEOUT_SECONDS,
+        "PUBLIC_FUNCTION_TIMEOUT_SECONDS": PUBLIC_FUNCTION_TIMEOUT_SECONDS,
+        "CREATE_FUNCTION_TIMEOUT_SECONDS": CREATE_FUNCTION_TIMEOUT_SECONDS,
+        "SCHEDULER_ATTEMPT_DEADLINE_SECONDS": SCHEDULER_ATTEMPT_DEADLINE_SECONDS,
         "MIN_RETRY_DELAY": f"{PRODUCTION_RETRY.min_backoff_seconds:g}s",
         "MAX_RETRY_DELAY": f"{PRODUCTION_RETRY.max_backoff_seconds:g}s",
         "MAX_DELIVERY_ATTEMPTS": PRODUCTION_RETRY.max_delivery_attempts,

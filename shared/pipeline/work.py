@@ -7,12 +7,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import httpx
 
 from shared.core.config import Settings
 from shared.core.deadline import Deadline, DeadlinePassed
+from shared.core.timings import PAID_RETRY_BACKOFF_BASE, PAID_RETRY_BACKOFF_MAX
 from shared.core.tokens import webhook_url
 from shared.google.api import Unavailable
 from shared.google.storage import Storage
@@ -20,8 +22,8 @@ from shared.media.policy import MediaUnavailable, Resolver
 from shared.novita.client import NovitaClient, NovitaUnavailable
 from shared.pipeline.queue import QueueUnavailable, StepQueue
 from shared.pipeline.results import Outcome, Results, fail_changes
-from shared.sketch.model import Sketch, Stage
-from shared.sketch.store import SketchStore, StoreUnavailable
+from shared.sketch.model import Sketch, Stage, utcnow
+from shared.sketch.store import Changes, SketchStore, StoreUnavailable
 from shared.spending.breaker import BalanceBreaker, BalanceExhausted
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,25 @@ T = TypeVar("T")
 
 
 class RetryLater(Exception):
-    """A fault that may pass: the step is answered 5xx so that Pub/Sub delivers it again."""
+    """A fault that may pass: the step is answered 5xx so that Pub/Sub delivers it again, and the
+    sketch counts it among its step's failures."""
+
+
+class Waiting(Exception):
+    """The step cannot be done yet, though nothing failed (another holder works on the sketch, or no
+    paid request may be sent before `until`): answered 5xx so that Pub/Sub brings it back, and not
+    counted as a failure."""
+
+    def __init__(self, until: datetime | None, message: str) -> None:
+        super().__init__(message)
+        self.until = until
+
+
+class Busy(Waiting):
+    """A live holder has the sketch's lease: the step comes back once that holder is done or dead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message)
 
 
 # Faults that may pass, whichever layer raised them; each is answered as RetryLater is.
@@ -39,10 +59,11 @@ TRANSIENT = (
     QueueUnavailable,
     DeadlinePassed,
     NovitaUnavailable,
-    BalanceExhausted,
     MediaUnavailable,
     Unavailable,
 )
+# What makes a step wait without failing: answered 5xx, never counted against the sketch.
+WAITS = (Waiting, BalanceExhausted)
 
 
 @dataclass(frozen=True)
@@ -60,9 +81,21 @@ class Tools:
     resolve: Resolver
 
     def webhook_url(self, sketch_id: str, stage: Stage) -> str:
-        """The URL Novita reports the sketch's `stage` task to."""
-        secret = self.settings.webhook_secret.get_secret_value()
-        return webhook_url(self.settings.webhook_url, secret, sketch_id, stage)
+        """The URL Novita reports the sketch's `stage` task to, issued now."""
+        return webhook_url_for(self.settings, sketch_id, stage)
+
+
+def webhook_url_for(settings: Settings, sketch_id: str, stage: Stage) -> str:
+    """The URL Novita reports a sketch's `stage` task to: its token lives past the sketch's own end."""
+    secret = settings.webhook_secret.get_secret_value()
+    return webhook_url(settings.webhook_url, secret, sketch_id, stage, int(time.time()))
+
+
+def after_novita_failed(sketch: Sketch) -> Changes:
+    """No paid request for the sketch for a while after Novita failed one (429, 5xx, unreachable):
+    Pub/Sub's redeliveries, the sweep and any replay of the step wait instead of asking again."""
+    delay = min(PAID_RETRY_BACKOFF_MAX, PAID_RETRY_BACKOFF_BASE * 2**sketch.step_failures)
+    return {"retry_not_before": utcnow() + timedelta(seconds=delay)}
 
 
 def record_paid(what: str, write: Callable[[], T], deadline: Deadline) -> T:

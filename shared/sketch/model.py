@@ -128,16 +128,30 @@ class Sketch(BaseModel):
     novita_video_url_expires_at: datetime | None = None
     image_object: str | None = None
     video_object: str | None = None
-    # Which paid submission was sent without a known outcome, and when.
+    # A paid request that is being sent or whose answer was lost: its stage, since when, whether its
+    # task can still find the sketch (a webhook names the sketch; Seedream's answer and Kling's
+    # reference form have none), and which lease holder sent it. Written before the request is sent.
     submission_unknown: Stage | None = None
     submission_unknown_since: datetime | None = None
-    # The step that holds the sketch's slow work (Seedream, the chain, the copy), and until when.
+    submission_webhook: bool = False
+    submission_owner: str | None = None
+    # Why each paid request was sent again (a lost answer no task could be adopted for): one line each.
+    repaid: list[str] = []
+    # Who holds the sketch's slow work (a create, or a step: Seedream, the chain, the copy), and until
+    # when; a live holder renews it.
     step_lease_owner: str | None = None
     step_lease_until: datetime | None = None
     # When recovery may next look at this sketch; None once the sketch is final.
     recovery_due_at: datetime | None = None
-    # Why the last step that met a fault that may pass did not finish (for the dead-letter reason).
+    # No paid request is sent for this sketch before this (after Novita failed one).
+    retry_not_before: datetime | None = None
+    # The step that last failed with a fault that may pass, how many times in a row, and why.
+    failed_step: StepKind | None = None
+    step_failures: int = 0
     last_step_error: str | None = None
+    # The last task a webhook delivery handed on a check for, and until when its copies publish nothing.
+    hint_task_id: str | None = None
+    hint_until: datetime | None = None
     # The document's update time when this copy was read or written, as Firestore gave it: lets
     # the next conditional write go out without reading the document again.
     _version: str | None = PrivateAttr(default=None)
@@ -151,9 +165,10 @@ class Sketch(BaseModel):
         user_id: str | None,
         recovery_due_at: datetime,
         image_form: ImageForm,
+        lease: tuple[str, datetime] | None = None,
     ) -> Sketch:
-        """A sketch about to ask for its still. With an async task, the outcome of that request is
-        unknown until Novita answers, and recovery resolves it if the answer is never recorded."""
+        """A sketch about to ask for its still. A create that sends the text-to-image request itself
+        holds the sketch's `lease` (owner, until) while it does."""
         return cls(
             id=sketch_id,
             status=Status.IMAGE_PENDING,
@@ -168,8 +183,8 @@ class Sketch(BaseModel):
             updated_at=now,
             user_id=user_id,
             image_form=image_form,
-            submission_unknown="image" if image_form == "task" else None,
-            submission_unknown_since=now if image_form == "task" else None,
+            step_lease_owner=None if lease is None else lease[0],
+            step_lease_until=None if lease is None else lease[1],
             recovery_due_at=recovery_due_at,
         )
 

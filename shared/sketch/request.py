@@ -8,7 +8,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from shared.core.text import utf8
 
@@ -25,8 +25,39 @@ MIN_AREA = 512 * 512
 MAX_ASPECT = 2.5
 
 
-Prompt = Annotated[str, Field(strict=True, max_length=MAX_PROMPT), utf8]
-VideoPrompt = Annotated[str, Field(strict=True, max_length=MAX_VIDEO_PROMPT), utf8]
+# Bidirectional overrides and isolates reorder what a person sees ("walrus \u202egnp.exe" shows as
+# "walrus exe.png"): refused, as are control characters other than tab, line feed and carriage return.
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+# The same rule as a JSON Schema pattern (ECMA-262, which Python's re reads alike), for openapi.json.
+_REFUSED = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+TEXT_PATTERN = rf"^[^{_REFUSED}]*$"
+VISIBLE_PATTERN = rf"^[^{_REFUSED}]*[^{_REFUSED}\s][^{_REFUSED}]*$"
+
+
+def _plain_text(value: str) -> str:
+    """The text, checked and trimmed (the length limit applies to it as sent)."""
+    bidi = sorted({f"U+{ord(ch):04X}" for ch in value if ch in BIDI_CONTROLS})
+    if bidi:
+        raise ValueError(f"must not contain bidirectional control characters ({', '.join(bidi)})")
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n\r" for ch in value):
+        raise ValueError("must not contain control characters other than tab, line feed and carriage return")
+    return value.strip()
+
+
+def _text(limit: int, description: str, pattern: str = TEXT_PATTERN) -> Any:
+    """A prompt field: a string of at most `limit` characters as sent, valid Unicode, plain text;
+    stored without the spaces around it."""
+    return Annotated[
+        str,
+        Field(strict=True, max_length=limit, description=description, json_schema_extra={"pattern": pattern}),
+        utf8,
+        AfterValidator(_plain_text),
+    ]
+
+
+Prompt = _text(MAX_PROMPT, "what to draw; it needs a visible character", VISIBLE_PATTERN)
+NegativePrompt = _text(MAX_PROMPT, "what not to draw; left out of Novita's request when empty")
+VideoPrompt = _text(MAX_VIDEO_PROMPT, f"how the still should move; empty or absent: {DEFAULT_VIDEO_PROMPT!r}")
 
 
 def _visible(value: str) -> bool:
@@ -37,34 +68,18 @@ def _visible(value: str) -> bool:
     )
 
 
-def _no_controls(value: str) -> str:
-    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\r\t" for ch in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
 class CreateSketchRequest(BaseModel):
     """The body of `POST create_sketch`; any field not listed here is refused."""
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: Prompt
-    negative_prompt: Prompt = ""
-    video_prompt: VideoPrompt | None = None
+    negative_prompt: NegativePrompt = ""
+    video_prompt: VideoPrompt = ""
     width: Annotated[StrictInt, Field(ge=MIN_SIDE, le=MAX_SIDE)] = 720
     height: Annotated[StrictInt, Field(ge=MIN_SIDE, le=MAX_SIDE)] = 1280
     duration: Literal[5, 10] = 5
     seed: Annotated[StrictInt, Field(ge=-1, le=2147483647)] = -1
-
-    @field_validator("prompt", "negative_prompt", "video_prompt", mode="before")
-    @classmethod
-    def _trim(cls, value: Any) -> Any:
-        return value.strip() if isinstance(value, str) else value
-
-    @field_validator("prompt", "negative_prompt", "video_prompt")
-    @classmethod
-    def _printable(cls, value: str | None) -> str | None:
-        return None if value is None else _no_controls(value)
 
     @field_validator("prompt")
     @classmethod

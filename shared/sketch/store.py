@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.google.api import AlreadyExists, PreconditionFailed, Unavailable
-from shared.google.firestore import NAME_FIELD, Document, Firestore, Write
+from shared.google.firestore import NAME_FIELD, Delete, Document, Firestore, Write
 from shared.sketch.model import Sketch, can_move, utcnow
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,11 @@ class SketchStore:
         # One document per place a user may have in progress (see claim_slot).
         self._slots = f"{collection}_slots"
 
-    def create(self, sketch: Sketch, *, also: Sequence[Write] = ()) -> Sketch:
-        """Store a new sketch, and `also` in the same atomic commit; returns it as stored.
+    def create(self, sketch: Sketch, *, also: Sequence[Write] = ()) -> tuple[Sketch, list[int] | None]:
+        """Store a new sketch, and `also` in the same atomic commit; the sketch as stored, and the
+        sums `also`'s increments came to (None when an attempt whose answer was lost committed it).
 
-        With `also`, AlreadyExists is the caller's to judge: one of its documents may be taken.
+        AlreadyExists when a document of `also` is taken (nothing was written).
         """
         with _firestore("store the sketch"):
             try:
@@ -73,11 +74,28 @@ class SketchStore:
                     [Write(self._collection, sketch.id, sketch.to_document(), "absent"), *also]
                 )
             except (AlreadyExists, PreconditionFailed) as exc:
-                if also:
+                # Ids are random: a sketch already there is our own create, committed by an attempt
+                # whose answer was lost.
+                stored = self.get(sketch.id)
+                if stored is None:
                     raise AlreadyExists(exc.status, "a document of the commit is taken") from exc
-                # Ids are random: this is our own create, committed by an attempt whose answer was lost.
-                return sketch
-        return _versioned(sketch.model_copy(), results[0][0])
+                return stored, None
+        sums = [
+            int(result[1][0]) for result, write in zip(results[1:], also, strict=True) if write.increments
+        ]
+        return _versioned(sketch.model_copy(), results[0][0]), sums
+
+    def remove(self, sketch_id: str, *, also: Sequence[Write | Delete] = ()) -> None:
+        """Delete the sketch's document, and apply `also` in the same atomic commit."""
+        with _firestore(f"delete sketch {sketch_id}"):
+            self._db.commit([Delete(self._collection, sketch_id), *also])
+        log.info("sketch deleted", extra={"sketch_id": sketch_id})
+
+    def count(self, write: Write) -> int:
+        """The current value of the counter an increment `write` adds to (0 when there is none)."""
+        with _firestore("read a count"):
+            document = self._db.get(write.collection, write.doc_id)
+        return 0 if document is None else int(document.data.get("count", 0))
 
     def get(self, sketch_id: str) -> Sketch | None:
         with _firestore(f"read sketch {sketch_id}"):

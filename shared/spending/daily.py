@@ -1,66 +1,85 @@
-"""Each user's daily cap: one counter document per user and UTC day, added to atomically
-(Firestore's increment transform gives back the sum). The N-th sketch of the day sees N, so however
-many requests race, at most the cap get a number within it. A request that gets a number and then
-makes no sketch gives it back.
+"""Daily caps on new sketches: per signed-in user (`MAX_SKETCHES_PER_DAY`), per guest
+(`MAX_GUEST_SKETCHES_PER_DAY`, anonymous sign-ins), and for the whole project
+(`MAX_SKETCHES_PER_DAY_TOTAL`, in every auth mode).
+
+Each cap is one counter document per UTC day. Its increment is a write of the same atomic commit
+that creates the sketch (Firestore's increment transform gives the sums back), so the N-th sketch
+of the day sees N however many creates race, and a sketch and its count are never one without the
+other. A commit whose sum is past a cap is undone at once, before Novita is asked anything: no paid
+request is ever made past a cap.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-from collections.abc import Callable
+import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
-from shared.google.api import Unavailable
-from shared.google.firestore import Firestore
-from shared.sketch.store import StoreUnavailable
-
-log = logging.getLogger(__name__)
+from shared.google.firestore import Write
 
 # Counters outlive their day by this much before Firestore's TTL policy removes them.
 COUNTER_KEEP = timedelta(days=2)
+Cap = Literal["user", "guest", "project"]
 
 
 class DailyLimitReached(Exception):
-    def __init__(self, limit: int, resets_at: datetime) -> None:
-        super().__init__(f"at most {limit} sketches may be made per UTC day")
+    def __init__(self, cap: Cap, limit: int, resets_at: datetime) -> None:
+        whose = {"user": "per user", "guest": "per guest", "project": "for the whole service"}[cap]
+        super().__init__(f"at most {limit} sketches may be made {whose} per UTC day")
+        self.cap = cap
+        self.limit = limit
         self.resets_at = resets_at
 
 
-def _user_key(user_id: str) -> str:
-    return hashlib.sha256(user_id.encode()).hexdigest()[:32]
+@dataclass(frozen=True)
+class Count:
+    """One cap's count of a new sketch: the increment to commit with it, and the cap it must keep."""
+
+    cap: Cap
+    limit: int
+    collection: str
+    counter: str
+    data: dict[str, object]
+
+    def write(self, by: int = 1) -> Write:
+        return Write(self.collection, self.counter, self.data, None, {"count": by})
 
 
 def next_utc_day(now: datetime) -> datetime:
     return datetime(now.year, now.month, now.day, tzinfo=now.tzinfo) + timedelta(days=1)
 
 
-class DailyCap:
-    def __init__(self, db: Firestore, collection: str, limit: int) -> None:
-        self._db = db
+class DailyCaps:
+    def __init__(self, collection: str, *, per_user: int, per_guest: int, total: int) -> None:
         self._collection = f"{collection}_daily"
-        self._limit = limit
+        self._limits: dict[Cap, int] = {"user": per_user, "guest": per_guest, "project": total}
+        self._lock = threading.Lock()
+        # A day this instance saw the project's cap reached: refused without asking Firestore.
+        self._full_day: str | None = None
 
-    def _counter(self, user_id: str, now: datetime) -> str:
-        return f"{_user_key(user_id)}-{now:%Y%m%d}"
+    def counts(self, user_id: str | None, guest: bool, now: datetime) -> list[Count]:
+        """The counts a new sketch of this caller takes today; DailyLimitReached at once when this
+        instance already knows the project's cap is reached."""
+        day = f"{now:%Y%m%d}"
+        with self._lock:
+            if self._full_day == day:
+                raise DailyLimitReached("project", self._limits["project"], next_utc_day(now))
+        keep = {"day": f"{now:%Y-%m-%d}", "expires_at": next_utc_day(now) + COUNTER_KEEP}
+        counts = [Count("project", self._limits["project"], self._collection, f"project-{day}", keep)]
+        if user_id is not None:
+            cap: Cap = "guest" if guest else "user"
+            owner = hashlib.sha256(user_id.encode()).hexdigest()[:32]
+            data = {**keep, "user_id": user_id}
+            counts.append(Count(cap, self._limits[cap], self._collection, f"{owner}-{day}", data))
+        return counts
 
-    def take(self, user_id: str, now: datetime) -> Callable[[], None]:
-        """Count one sketch of the user's day; a function that gives it back. DailyLimitReached
-        once the cap is reached."""
-        counter = self._counter(user_id, now)
-        data = {"user_id": user_id, "day": f"{now:%Y-%m-%d}", "expires_at": next_utc_day(now) + COUNTER_KEEP}
-        try:
-            count = self._db.increment(self._collection, counter, "count", 1, data)
-        except Unavailable as exc:
-            raise StoreUnavailable(f"Firestore did not count the sketch: {exc}") from exc
-
-        def give_back() -> None:
-            try:
-                self._db.increment(self._collection, counter, "count", -1, data)
-            except Unavailable:
-                log.warning("a sketch counted for the day could not be given back")
-
-        if count > self._limit:
-            give_back()
-            raise DailyLimitReached(self._limit, next_utc_day(now))
-        return give_back
+    def judge(self, counts: list[Count], sums: list[int], now: datetime) -> None:
+        """DailyLimitReached if a count's sum (as its commit gave it back) is past its cap."""
+        for count, total in zip(counts, sums, strict=True):
+            if total > count.limit:
+                if count.cap == "project":
+                    with self._lock:
+                        self._full_day = f"{now:%Y%m%d}"
+                raise DailyLimitReached(count.cap, count.limit, next_utc_day(now))

@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.core.timings import CREATE_LEASE
 from shared.google.api import PreconditionFailed, Unavailable
-from shared.google.firestore import Document, Firestore, Write
+from shared.google.firestore import Delete, Document, Firestore, Write
 from shared.sketch.store import StoreUnavailable
 
 KEEP = timedelta(hours=25)
-# How long a first request may be still at work; after that a repeat is answered with the sketch
-# it made, whatever became of that request.
-IN_FLIGHT = timedelta(seconds=60)
+# How long a first request may be still at work (its create's lease); after that a repeat is
+# answered with the sketch it made, whatever became of that request.
+IN_FLIGHT = timedelta(seconds=CREATE_LEASE)
 MAX_KEY_LENGTH = 255
 
 
@@ -102,6 +103,10 @@ class IdempotencyKeys:
             "expires_at": now + KEEP,
         }
         return Write(self._collection, claim.record_id, data, claim.precondition)
+
+    def delete(self, claim: Claim) -> Delete:
+        """The record's removal, to commit with its sketch's when that sketch is undone."""
+        return Delete(self._collection, claim.record_id)
 
     def look(self, claim: Claim, now: datetime) -> Seen | Claim:
         """What a repeat of `claim` gets (Seen), or the claim ready for a new record. KeyReused or
