@@ -3,12 +3,14 @@
     python -m devstack run "a walrus giving a TED talk about spoons" [--personality reference]
     python -m devstack serve [--personality reference]
 
-`run` starts the Firestore, Pub/Sub and Cloud Storage emulators, the Novita simulator and both
-functions, creates a sketch, prints each change of its status and progress with its time, then
-waits for Novita's own link to the video to expire and fetches the still and the video from the
-bucket, and stops everything. `serve` starts the same stack, prints one JSON line describing it,
-and keeps it up until SIGINT or SIGTERM. `--personality` chooses how the simulator behaves: as the
-integration guide says Novita does (`guide`), or as Novita's public reference does (`reference`).
+`run` starts the Firestore, Pub/Sub, Cloud Storage and Firebase Auth emulators, the Novita
+simulator and both functions, signs a guest in on the Auth emulator, creates a sketch with its ID
+token (the stack runs with AUTH_MODE=firebase, as a deployment does), prints each change of its
+status and progress with its time, then waits for Novita's own link to the video to expire and
+fetches the still and the video from the bucket, and stops everything. `serve` starts the same
+stack, prints one JSON line describing it, and keeps it up until SIGINT or SIGTERM; its playground
+page is the app's flow. `--personality` chooses how the simulator behaves: as the integration guide
+says Novita does (`guide`), or as Novita's public reference does (`reference`).
 With NOVITA_BASE_URL and NOVITA_API_KEY set, that Novita is used and no simulator is started.
 """
 
@@ -28,6 +30,7 @@ from typing import Any
 import httpx
 from google.cloud import firestore
 
+from devstack.auth import Guest
 from devstack.functions import ROOT
 from devstack.stack import PROJECT, LocalStack, local_stack
 
@@ -67,7 +70,12 @@ def _line(sketch: dict[str, Any]) -> str:
 
 
 def _follow(
-    stack: LocalStack, http: httpx.Client, sketch: dict[str, Any], started: float, timeout: float
+    stack: LocalStack,
+    http: httpx.Client,
+    guest: Guest,
+    sketch: dict[str, Any],
+    started: float,
+    timeout: float,
 ) -> str | None:
     """Print each change of status or progress as Firestore records it; the final status, or None
     on timeout. A Firestore listener sees every write, even a state that lasts milliseconds; a GET
@@ -91,7 +99,7 @@ def _follow(
             try:
                 seen = {**changes.get(timeout=1.0), "id": sketch["id"]}
             except queue.Empty:
-                seen = http.get(stack.create.url, params={"id": sketch["id"]}).json()
+                seen = http.get(stack.create.url, params={"id": sketch["id"]}, headers=guest.headers).json()
             status = seen["status"]
             if _line(seen) != shown:
                 shown = _line(seen)
@@ -105,27 +113,35 @@ def _follow(
 def run(prompt: str, personality: str, out_dir: Path, log_dir: Path, timeout: float) -> int:
     started = time.monotonic()
     _say(
-        started, "starting the Firestore, Pub/Sub and Cloud Storage emulators, Novita and both functions ..."
+        started,
+        "starting the Firestore, Pub/Sub, Cloud Storage and Auth emulators, Novita and both functions ...",
     )
     with (
         local_stack(
-            log_dir, personality=personality, image_delay=2.0, video_delay=3.0, ttl=LOCAL_LINK_TTL_SECONDS
+            log_dir,
+            personality=personality,
+            image_delay=2.0,
+            video_delay=3.0,
+            ttl=LOCAL_LINK_TTL_SECONDS,
+            say=lambda text: _say(started, text),
         ) as stack,
         httpx.Client(timeout=30) as http,
     ):
         novita = f"the simulator ({personality})" if stack.simulator else f"Novita at {stack.novita_base_url}"
         _say(started, f"stack up with {novita}; playground {stack.playground.url}; logs in {log_dir}")
-        response = http.post(stack.create.url, json={"prompt": prompt})
+        guest = stack.auth.sign_in_guest()
+        _say(started, f"signed in as guest {guest.uid} on the Firebase Auth emulator")
+        response = http.post(stack.create.url, json={"prompt": prompt}, headers=guest.headers)
         if response.status_code != 202:
             _say(started, f"create_sketch answered {response.status_code}: {response.text}")
             return 1
         sketch = response.json()
         how = f"image task {sketch['image_task_id']}" if sketch["image_task_id"] else "Seedream step queued"
         _say(started, f"{_line(sketch)} ({how})")
-        status = _follow(stack, http, sketch, started, timeout)
+        status = _follow(stack, http, guest, sketch, started, timeout)
         if status is None:
             return 1
-        sketch = http.get(stack.create.url, params={"id": sketch["id"]}).json()
+        sketch = http.get(stack.create.url, params={"id": sketch["id"]}, headers=guest.headers).json()
         print(json.dumps(sketch, indent=2), flush=True)
         if status == "failed":
             _say(started, f"the sketch failed: {sketch['error_message']}")
@@ -156,7 +172,12 @@ def _show_durable(
 
 
 def serve(personality: str, log_dir: Path) -> int:
-    with local_stack(log_dir, personality=personality, image_delay=2.0, video_delay=3.0, ttl=3600) as stack:
+    def say(text: str) -> None:
+        print(f"[stack] {text}", flush=True)
+
+    with local_stack(
+        log_dir, personality=personality, image_delay=2.0, video_delay=3.0, ttl=3600, say=say
+    ) as stack:
         print(json.dumps(stack.describe()), flush=True)
         while True:
             time.sleep(3600)

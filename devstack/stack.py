@@ -1,13 +1,13 @@
-"""The whole machine on loopback: the Firestore, Pub/Sub and Cloud Storage emulators, the Novita
-simulator (or a Novita named in the environment), both functions, the sweep on a schedule, and the
-playground page."""
+"""The whole machine on loopback: the Firestore (under the project's own firestore.rules), Pub/Sub,
+Cloud Storage and Firebase Auth emulators, the Novita simulator (or a Novita named in the
+environment), both functions, the sweep on a schedule, and the playground page."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,17 +15,21 @@ from typing import Any
 
 import httpx
 
+from devstack.auth import AuthEmulator
 from devstack.emulator import FirestoreEmulator
-from devstack.functions import FunctionServer
-from devstack.playground import Playground
+from devstack.functions import ROOT, FunctionServer
+from devstack.playground import PageConfig, Playground
 from devstack.processes import LOOPBACK, free_port
 from devstack.pubsub import PubSubEmulator
 from devstack.simulator import SimulatorProcess
 from devstack.storage import StorageEmulator
+from devstack.supervisor import Supervisor
 from shared.core.config import VARIABLES
-from shared.core.tokens import sweep_token
+from shared.core.tokens import SWEEP_HEADER, sweep_token
 
-PROJECT = "sketch-machine-local"
+# One project for Firestore, Pub/Sub, Storage and Firebase Auth: the Auth emulator's tokens name it
+# as their audience, and a `demo-` project needs no credentials anywhere.
+PROJECT = "demo-sketch-machine"
 BUCKET = "sketch-machine-local-media"
 COLLECTION = "sketches"
 API_KEY = "local-novita-key"
@@ -36,17 +40,17 @@ SWEEP_EVERY_SECONDS = 3.0
 LOCAL_DEFAULTS = {
     "RECOVERY_INTERVAL_SECONDS": "3",
     "MEDIA_URL_POLICY": "any",
-    "AUTH_MODE": "none",
-    "CORS_ALLOWED_ORIGINS": "*",
 }
+RULES = ROOT / "firestore.rules"
 
 
 class Scheduler:
-    """Cloud Scheduler's part: POST the sweep action with its token, every few seconds."""
+    """Cloud Scheduler's part: POST the sweep action to the private door with its token, every few
+    seconds."""
 
-    def __init__(self, webhook_url: str, secret: str, every: float) -> None:
-        self._url = webhook_url
-        self._headers = {"Authorization": f"Bearer {sweep_token(secret)}"}
+    def __init__(self, steps_url: str, secret: str, every: float) -> None:
+        self._url = steps_url
+        self._headers = {SWEEP_HEADER: sweep_token(secret)}
         self._every = every
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
@@ -70,11 +74,13 @@ class Scheduler:
 @dataclass
 class LocalStack:
     firestore: FirestoreEmulator
+    auth: AuthEmulator
     pubsub: PubSubEmulator
     storage: StorageEmulator
     novita_base_url: str
     create: FunctionServer
     webhook: FunctionServer
+    steps: FunctionServer
     playground: Playground
     env: dict[str, str]
     simulator: SimulatorProcess | None = None
@@ -86,11 +92,13 @@ class LocalStack:
             "stack": "ready",
             "create_sketch": self.create.url,
             "novita_webhook": self.webhook.url,
+            "steps": self.steps.url,
             "project": PROJECT,
             "collection": self.env.get("SKETCHES_COLLECTION", COLLECTION),
             "firestore_emulator_host": self.firestore.host,
             "pubsub_emulator_host": self.pubsub.host,
             "storage_emulator_host": self.storage.url,
+            "auth_emulator_host": self.auth.host,
             "bucket": BUCKET,
             "novita_base_url": self.novita_base_url,
             "novita": "simulator" if self.simulator is not None else "external",
@@ -103,23 +111,36 @@ class LocalStack:
         }
 
 
-def function_env(environ: dict[str, str], overrides: dict[str, str]) -> dict[str, str]:
-    """The functions' configuration: the local defaults, then every configuration variable set in
-    `environ`, then what the stack itself must decide (where its emulators are)."""
+def function_env(
+    environ: dict[str, str], defaults: dict[str, str], overrides: dict[str, str]
+) -> dict[str, str]:
+    """The functions' configuration: `defaults`, then every configuration variable set in `environ`
+    (AUTH_MODE=none there still opens the API to anyone), then what the stack itself must decide
+    (where its emulators are)."""
     passed_on = {name: environ[name] for name in VARIABLES if environ.get(name, "").strip()}
-    return {**LOCAL_DEFAULTS, **passed_on, **overrides}
+    return {**defaults, **passed_on, **overrides}
 
 
 @contextmanager
 def local_stack(
-    log_dir: Path, *, personality: str, image_delay: float, video_delay: float, ttl: int
+    log_dir: Path,
+    *,
+    personality: str,
+    image_delay: float,
+    video_delay: float,
+    ttl: int,
+    say: Callable[[str], None] = print,
 ) -> Iterator[LocalStack]:
     """Start every part of the stack; stop each one, whatever happens, on the way out."""
     environ = dict(os.environ)
     external = bool(environ.get("NOVITA_BASE_URL", "").strip() and environ.get("NOVITA_API_KEY", "").strip())
     with ExitStack() as stack:
-        firestore = FirestoreEmulator(log_dir / "firestore-emulator.log").start()
+        # The rules the browser's reads meet where the project is deployed; the functions' own
+        # reads and writes (the emulator's `owner` token) bypass them, as a service account does.
+        firestore = FirestoreEmulator(log_dir / "firestore-emulator.log", rules=RULES).start()
         stack.callback(firestore.stop)
+        auth = AuthEmulator(log_dir / "auth-emulator.log", PROJECT).start()
+        stack.callback(auth.stop)
         pubsub = PubSubEmulator(log_dir / "pubsub-emulator.log").start()
         stack.callback(pubsub.stop)
         storage = StorageEmulator(log_dir / "storage-emulator.log", BUCKET).start()
@@ -142,8 +163,12 @@ def local_stack(
         webhook_port = free_port()
         webhook_url = f"http://{LOOPBACK}:{webhook_port}/"
         secret = environ.get("WEBHOOK_SECRET", "").strip() or WEBHOOK_SECRET
+        playground_port = free_port()
+        # The page calls create_sketch from its own origin, by either loopback name.
+        origins = f"http://{LOOPBACK}:{playground_port},http://localhost:{playground_port}"
         env = function_env(
             environ,
+            {**LOCAL_DEFAULTS, "AUTH_MODE": "firebase", "CORS_ALLOWED_ORIGINS": origins},
             {
                 "NOVITA_API_KEY": api_key,
                 "NOVITA_BASE_URL": novita_url,
@@ -154,22 +179,58 @@ def local_stack(
                 "PUBSUB_EMULATOR_HOST": pubsub.host,
                 "STORAGE_EMULATOR_HOST": storage.url,
                 "MEDIA_BUCKET": BUCKET,
+                "FIREBASE_AUTH_EMULATOR_HOST": auth.host,
+                "FIREBASE_PROJECT_ID": PROJECT,
             },
         )
-        pubsub.create_topology(PROJECT, webhook_url)
-        webhook = FunctionServer(
-            "novita_webhook", env, log_dir / "novita_webhook.log", port=webhook_port
-        ).start()
-        stack.callback(webhook.stop)
-        create = FunctionServer("create_sketch", env, log_dir / "create_sketch.log").start()
-        stack.callback(create.stop)
-        scheduler = Scheduler(webhook_url, secret, SWEEP_EVERY_SECONDS).start()
+        steps = FunctionServer(
+            "novita_webhook",
+            {**env, "WEBHOOK_DOOR": "private"},
+            log_dir / "novita_webhook-steps.log",
+            label="novita_webhook (private door: steps, dead letters, sweep)",
+        )
+        pubsub.create_topology(PROJECT, steps.url)
+        servers = [
+            FunctionServer(
+                "novita_webhook",
+                {**env, "WEBHOOK_DOOR": "public"},
+                log_dir / "novita_webhook.log",
+                port=webhook_port,
+                label="novita_webhook (public door: Novita's deliveries)",
+            ),
+            steps,
+            FunctionServer("create_sketch", env, log_dir / "create_sketch.log"),
+        ]
+        for server in servers:
+            server.start()
+            stack.callback(server.stop)
+        webhook, steps, create = servers
+        # Stopped before the functions are: a function stopping on purpose is not brought back.
+        stack.callback(Supervisor(servers, say).start().stop)
+        scheduler = Scheduler(steps.url, secret, SWEEP_EVERY_SECONDS).start()
         stack.callback(scheduler.stop)
-        playground = Playground(create.url).start()
+        page = PageConfig(
+            create_sketch=create.url,
+            auth_emulator_host=auth.host,
+            firestore_emulator_host=firestore.host,
+            project=PROJECT,
+            collection=env.get("SKETCHES_COLLECTION", COLLECTION),
+        )
+        playground = Playground(page, port=playground_port).start()
         stack.callback(playground.stop)
-        pids = [p for p in (firestore.pid, pubsub.pid, storage.pid, webhook.pid, create.pid) if p]
-        if simulator is not None and simulator.pid:
-            pids.append(simulator.pid)
+        started = (firestore.pid, auth.pid, pubsub.pid, storage.pid, webhook.pid, steps.pid, create.pid)
+        pids = [pid for pid in (*started, simulator.pid if simulator else None) if pid]
         yield LocalStack(
-            firestore, pubsub, storage, novita_url, create, webhook, playground, env, simulator, pids
+            firestore,
+            auth,
+            pubsub,
+            storage,
+            novita_url,
+            create,
+            webhook,
+            steps,
+            playground,
+            env,
+            simulator,
+            pids,
         )

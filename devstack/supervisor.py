@@ -49,6 +49,5 @@ class Supervisor:
                         self._say(f"{server.name} ended ({how}) and could not be started again: {exc}")
                         continue
                     self.restarts += 1
-                    self._say(
-                        f"{server.name} ended ({how}); started again on port {server.port} as pid {server.pid}"
-                    )
+                    started = f"started again on port {server.port} as pid {server.pid}"
+                    self._say(f"{server.name} ended ({how}); {started}")

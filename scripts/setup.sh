@@ -44,6 +44,23 @@ emulator() { # $1: a file of the emulator under the SDK's root (a glob), $2: its
 emulator "platform/cloud-firestore-emulator/cloud-firestore-emulator.jar" google-cloud-cli-firestore-emulator
 emulator "platform/pubsub-emulator/lib/cloud-pubsub-emulator-*.jar" google-cloud-cli-pubsub-emulator
 
+# Node.js runs the Firebase Auth emulator (firebase-tools) and bundles the playground (esbuild); both
+# are pinned in package-lock.json. npm ci runs only when the lockfile changes, so that a machine set
+# up once works offline. --ignore-scripts: no package's install script runs, and none is needed:
+# esbuild finds its binary through its platform's optional dependency, and the one native module,
+# re2 (which would compile for minutes), is optional to firebase-tools' Hosting server, not run here.
+if ! need node || ! need npm || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "setup: Node.js 20 or newer and npm are required (firebase-tools, esbuild)" >&2
+  exit 1
+fi
+node_stamp="$ROOT/node_modules/.package-lock.sha256"
+node_want=$(cat "$ROOT/package.json" "$ROOT/package-lock.json" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
+  echo "setup: installing Node packages into node_modules (npm ci)" >&2
+  (cd "$ROOT" && npm ci --ignore-scripts --include=dev --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$node_want" > "$node_stamp"
+fi
+
 # Reinstall only when the requirements change.
 stamp="$VENV/.requirements.sha256"
 want=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)

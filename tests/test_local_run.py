@@ -1,7 +1,8 @@
-"""The local run (`python -m devstack`), as the README's first command runs it: a sketch from prompt
-to a video kept in the bucket, under either simulator personality; `--serve` and its JSON line;
-and every process it started stopped afterwards, even when interrupted. The stack's processes are
-found from the PID of the run itself (its descendants), never by name."""
+"""The local run (`python -m devstack`), as the README's first command runs it: a guest signed in on
+the Auth emulator, and a sketch from prompt to a video kept in the bucket, under either simulator
+personality; `--serve` and its JSON line (AUTH_MODE=firebase, the playground's origin allowed, or the
+caller's own AUTH_MODE); and every process it started stopped afterwards, even when interrupted. The
+stack's processes are found from the PID of the run itself (its descendants), never by name."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import av
 import httpx
 import pytest
 
+from devstack.auth import sign_in_guest
 from devstack.functions import ROOT
 from novita_simulator import NovitaSimulator, SimulatorConfig
 
@@ -88,6 +90,7 @@ def test_a_prompt_becomes_a_still_and_a_video_kept_in_the_bucket(tmp_path: Path,
 
     assert proc.returncode == 0, out
     statuses = [s for s, _ in re.findall(r"\] sketch \w+: (\w+)\s+(\d+)%", out)]
+    assert re.search(r"\] signed in as guest \w+ on the Firebase Auth emulator", out), out
     assert statuses[0] == "image_pending" and statuses[-1] == "complete", out
     assert [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]] == [
         "image_pending",
@@ -102,7 +105,7 @@ def test_a_prompt_becomes_a_still_and_a_video_kept_in_the_bucket(tmp_path: Path,
     with av.open(str(video)) as container:
         assert sum(1 for _ in container.decode(video=0)) > 0
     assert "stack stopped" in out
-    assert len(stack) >= 6  # three emulators, the simulator, two functions
+    assert len(stack) >= 8  # four emulators, the simulator, three function processes
     assert alive(stack) == set()
 
 
@@ -127,6 +130,10 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], 
     return proc, json.loads(line)
 
 
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " ")
+
+
 def test_serve_prints_one_json_line_and_passes_its_configuration_on(tmp_path: Path) -> None:
     proc, stack = _serve(
         tmp_path, {"SKETCHES_COLLECTION": "from_the_environment", "MAX_SKETCHES_PER_DAY": "7"}
@@ -136,19 +143,34 @@ def test_serve_prints_one_json_line_and_passes_its_configuration_on(tmp_path: Pa
         for key in (
             "create_sketch",
             "novita_webhook",
+            "steps",
             "project",
             "collection",
             "firestore_emulator_host",
             "pubsub_emulator_host",
             "storage_emulator_host",
+            "auth_emulator_host",
             "bucket",
             "novita_base_url",
             "playground",
         ):
             assert stack[key], key
         assert stack["collection"] == "from_the_environment" and stack["novita"] == "simulator"
-        answer = httpx.post(stack["create_sketch"], json={"prompt": "a served walrus"}, timeout=30)
-        assert answer.status_code == 202
+        assert stack["auth_mode"] == "firebase"
+        assert stack["steps"] != stack["novita_webhook"]
+        # The Auth emulator answers, and is one of the processes the stack started (it names itself so).
+        auth_url = f"http://{stack['auth_emulator_host']}/"
+        assert httpx.get(auth_url, timeout=10).json()["authEmulator"]["ready"] is True
+        (auth_pid,) = [pid for pid in stack["pids"] if "emulators:start" in cmdline(pid)]
+        assert f"emulators:start --only auth --project {stack['project']} " in cmdline(auth_pid)
+        assert auth_pid in pids
+
+        create = stack["create_sketch"]
+        refused = httpx.post(create, json={"prompt": "a walrus without a token"}, timeout=30)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+        guest = sign_in_guest(stack["auth_emulator_host"])
+        answer = httpx.post(create, json={"prompt": "a served walrus"}, headers=guest.headers, timeout=30)
+        assert answer.status_code == 202, answer.text
         stored = httpx.get(
             f"http://{stack['firestore_emulator_host']}/v1/projects/{stack['project']}/databases/(default)"
             f"/documents/from_the_environment/{answer.json()['id']}",
@@ -156,19 +178,45 @@ def test_serve_prints_one_json_line_and_passes_its_configuration_on(tmp_path: Pa
             timeout=10,
         )
         assert stored.status_code == 200
-        assert httpx.get(stack["playground"], timeout=10).status_code == 200
+        assert stored.json()["fields"]["user_id"] == {"stringValue": guest.uid}
+
+        # The playground's own origin may call the API from a browser; no other origin may.
+        page = httpx.get(stack["playground"], timeout=10)
+        assert page.status_code == 200
+        origin = stack["playground"].rstrip("/")
+        for caller, allowed in ((origin, origin), ("http://127.0.0.1:1", None)):
+            preflight = httpx.options(
+                create,
+                headers={
+                    "Origin": caller,
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+                },
+                timeout=10,
+            )
+            assert preflight.headers.get("Access-Control-Allow-Origin") == allowed, preflight.headers
+        assert httpx.get(stack["playground"] + "app.js", timeout=10).status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert alive(pids) == set()
+    assert alive(set(stack["pids"])) == set()  # the Auth emulator's among them
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(auth_url, timeout=2)
 
 
-def test_serve_uses_the_novita_named_in_its_environment_and_starts_no_simulator(tmp_path: Path) -> None:
+def test_serve_uses_the_novita_and_auth_mode_named_in_its_environment(tmp_path: Path) -> None:
+    """With NOVITA_BASE_URL and NOVITA_API_KEY set, that Novita and no simulator; with AUTH_MODE=none
+    set, the old open API, for whoever wants it locally."""
     with NovitaSimulator(
         api_key="external-key", config=SimulatorConfig(image_delay=0.2, video_delay=0.3)
     ) as novita:
-        proc, stack = _serve(tmp_path, {"NOVITA_BASE_URL": novita.base_url, "NOVITA_API_KEY": "external-key"})
+        proc, stack = _serve(
+            tmp_path,
+            {"NOVITA_BASE_URL": novita.base_url, "NOVITA_API_KEY": "external-key", "AUTH_MODE": "none"},
+        )
         try:
+            assert stack["auth_mode"] == "none"
             assert stack["novita"] == "external" and stack["novita_base_url"] == novita.base_url
             assert stack["simulator_control"] is None
             answer = httpx.post(stack["create_sketch"], json={"prompt": "an outside walrus"}, timeout=30)
