@@ -21,6 +21,7 @@ from bench.measure import TraceTail, busy_union, cpu_seconds, most_at_once, perc
 from bench.stack import HTTP_TIMEOUT, SIMULATOR_DEFAULTS, Deployment, Stack
 from devstack.pubsub import EMULATOR_PUSH_LOOPS
 from devstack.stack import LOCAL_DEFAULTS, SWEEP_EVERY_SECONDS
+from shared.core.tokens import SWEEP_HEADER
 from shared.pipeline.recovery import PAGE_SIZE, PARALLEL, SWEEP_SECONDS
 from shared.sketch.model import Sketch, Status
 
@@ -115,7 +116,7 @@ def _stages(
     dep: Deployment, done: Sketch, posted: float, personality: str
 ) -> tuple[float | None, dict[str, float]]:
     """Where the sketch's time went, from the functions' own JSON log lines."""
-    hooks = {line.get("task_id"): log_time(line) for line in dep.log_lines("delivery handed on", done.id)}
+    hooks = {line.get("task_id"): log_time(line) for line in dep.log_lines("delivery queued", done.id)}
     # When the first request to Kling was sent: its answer's log time less the request's duration.
     kling = [
         log_time(line) - float(line["duration_ms"]) / 1000
@@ -197,6 +198,11 @@ class BacklogResult:
     cpu: dict[str, float] = field(default_factory=dict)
     started: float = 0.0
     calls: dict[str, int] = field(default_factory=dict)
+    ended: dict[str, int] = field(default_factory=dict)  # function processes that ended: exit codes
+
+    @property
+    def answered_sweeps(self) -> int:
+        return sum("error" not in report for _, _, report in self.sweeps)
 
 
 def _create_many(dep: Deployment, count: int) -> None:
@@ -220,11 +226,12 @@ def backlog(stack: Stack, count: int, sweep_every: float, interval: float, timeo
     sim = {"drop_webhooks": True, "image_delay": 0.2, "task_result_delay": 0.2}
     stack.simulate(**sim)
     # create_sketch makes each sketch due for recovery at once, as if its webhook were an interval
-    # late already; the webhook (the sweep and the steps) runs with `interval`.
+    # late already, and may make the whole backlog in one day; the webhook (the sweep and the
+    # steps) runs with `interval`.
     dep = stack.deploy(
         "backlog",
         env={"RECOVERY_INTERVAL_SECONDS": f"{interval:g}"},
-        create_env={"RECOVERY_INTERVAL_SECONDS": "0"},
+        create_env={"RECOVERY_INTERVAL_SECONDS": "0", "MAX_SKETCHES_PER_DAY_TOTAL": str(count)},
         trace=trace,
     )
     result = BacklogResult(
@@ -232,10 +239,12 @@ def backlog(stack: Stack, count: int, sweep_every: float, interval: float, timeo
         setup=(
             f"{count} sketches of one prompt, created through create_sketch ({CREATE_CLIENTS} clients "
             "at once; its RECOVERY_INTERVAL_SECONDS=0, so each is due for recovery at once), the "
-            "simulator dropping every webhook; the clock starts once every text-to-image task has finished"
+            "simulator dropping every webhook; the clock starts once every text-to-image task has finished; "
+            "a complete sketch's still and video are deleted from the bucket"
         ),
         settings=(
-            f"RECOVERY_INTERVAL_SECONDS={interval:g}; the sweep (?action=sweep, its bearer token) called "
+            f"RECOVERY_INTERVAL_SECONDS={interval:g}; the sweep (the private door's ?action=sweep, with "
+            f"{SWEEP_HEADER}) called "
             f"every {sweep_every:g} s, or as soon as the previous one answered when it took longer; the "
             f"sweep's own settings (shared/pipeline/recovery.py): pages of {PAGE_SIZE}, {PARALLEL} "
             f"sketches at once, {SWEEP_SECONDS:g} s budget; simulator: task-result answers in "
@@ -275,8 +284,12 @@ def _drain(
         with httpx.Client(timeout=httpx.Timeout(150.0, connect=5.0)) as http:
             while not stopping.is_set():
                 s0 = time.time()
-                answer = dep.sweep(http)
-                report = answer.json() if answer.status_code == 200 else {"status": answer.status_code}
+                # A call that fails is followed by the next, as Cloud Scheduler's are.
+                try:
+                    answer = dep.sweep(http)
+                    report = answer.json() if answer.status_code == 200 else {"status": answer.status_code}
+                except httpx.HTTPError as exc:
+                    report = {"error": repr(exc)}
                 result.sweeps.append((s0, time.time(), report))
                 stopping.wait(max(0.0, s0 + sweep_every - time.time()))
 
@@ -284,6 +297,7 @@ def _drain(
     thread = threading.Thread(target=sweeper, daemon=True)
     thread.start()
     stored: set[str] = set()
+    objects: dict[str, list[str]] = {}  # what each sketch stored in the bucket, by its id
     last_look = time.monotonic()
     deadline = time.monotonic() + timeout
     try:
@@ -291,11 +305,19 @@ def _drain(
             time.sleep(0.5)
             lines = tail.new()
             result.lines += lines
-            stored |= {
+            for line in lines:
+                if line["ev"] == "call" and line["fn"] == "upload" and not line["err"]:
+                    objects.setdefault(line["object"].split("/")[1], []).append(line["object"])
+            complete = {
                 ln["sketch"]
                 for ln in lines
                 if ln["ev"] == "step" and ln["kind"] == "copy" and ln["outcome"] == "applied"
             }
+            # A complete sketch's objects are read by nobody during the drain: deleted, as the other
+            # figures delete theirs, so that the emulator's cost per upload stays that of a small
+            # bucket (it rewrites its record of every object it holds on each one).
+            dep.delete_objects([name for sketch in complete for name in objects.pop(sketch, [])])
+            stored |= complete
             if len(stored) >= result.count:
                 break
             if time.monotonic() - last_look >= 10:
@@ -303,9 +325,12 @@ def _drain(
                 result.failed = dep.count("failed")
                 say(
                     f"  {time.time() - result.started:.0f} s: {len(stored)} stored, {result.failed} failed, "
-                    f"{len(result.sweeps)} sweeps answered"
+                    f"{result.answered_sweeps} sweeps answered"
                 )
                 if len(stored) + result.failed >= result.count:
+                    break
+                result.ended = dep.ended()
+                if result.ended:  # nothing brings a function back here: the drain is over
                     break
     finally:
         stopping.set()
@@ -376,7 +401,8 @@ def backlog_breakdown(result: BacklogResult) -> tuple[list[str], dict[str, float
     examined = sum(int(r.get("examined", 0)) for _, _, r in result.sweeps)
     fs = Counter(ln["op"] for ln in result.lines if ln["ev"] == "fs")
     lines = [
-        f"sweeps: {len(result.sweeps)} answered, busy {sweeping:.1f} s of the {wall:.1f} s; they examined "
+        f"sweeps: {result.answered_sweeps} answered of {len(result.sweeps)} called, busy {sweeping:.1f} s "
+        f"of the {wall:.1f} s; they examined "
         f"{examined} sketches in all (a sketch is examined again each time it is due) and had handed every "
         f"still's chain on {last_chain:.1f} s after the clock started",
     ]
@@ -430,12 +456,19 @@ class FirestoreWork:
         return {k: int(statistics.median(c.get(k, 0) for c in self.per_sketch)) for k in keys}
 
 
-def count_calls(lines: list[dict[str, Any]]) -> dict[str, int]:
-    """Firestore calls, steps and publishes in `lines` (one sketch's life)."""
+def count_calls(lines: list[dict[str, Any]], roles: dict[int, str]) -> dict[str, int]:
+    """Firestore calls, steps, deliveries and publishes in `lines` (one sketch's life); each
+    Firestore call also by the process that made it (`roles`: a worker's pid to its name) and, when a
+    step made it, by that step's kind."""
     counts: Counter[str] = Counter()
+    steps = [ln for ln in lines if ln["ev"] == "step"]
     for line in lines:
         if line["ev"] == "fs":
             counts["calls"] += 1
+            counts[f"by {roles.get(line['pid'], 'another process')}"] += 1
+            inside = next((s for s in steps if _within(line, s)), None)
+            if inside is not None:
+                counts[f"in {inside['kind']}"] += 1
             if line["op"] == "get":
                 counts["reads"] += 1
                 counts[f"read {line['coll']}"] += 1
@@ -449,9 +482,17 @@ def count_calls(lines: list[dict[str, Any]]) -> dict[str, int]:
                 counts[f"refused: {line['err']}"] += 1
         elif line["ev"] == "step":
             counts[f"step {line['kind']}"] += 1
+        elif line["ev"] == "delivery":
+            counts[f"delivery {line['outcome']}"] += 1
         elif line["ev"] == "publish":
             counts["publishes"] += 1
     return dict(counts)
+
+
+def _within(call: dict[str, Any], step: dict[str, Any]) -> bool:
+    """Whether a traced call was made by `step` (its thread, during it)."""
+    same = (call["pid"], call.get("tid")) == (step["pid"], step.get("tid"))
+    return same and step["t0"] <= call["t0"] <= step["t1"]
 
 
 def firestore_work(stack: Stack, sketches: int) -> list[FirestoreWork]:
@@ -461,6 +502,12 @@ def firestore_work(stack: Stack, sketches: int) -> list[FirestoreWork]:
     trace.unlink(missing_ok=True)
     stack.simulate(image_delay=0.2, video_delay=0.3)
     dep = stack.deploy("firestore", trace=trace)
+    assert dep.create is not None
+    roles = {
+        dep.create.worker_pid(): "create_sketch",
+        dep.webhook.worker_pid(): "public door",
+        dep.steps.worker_pid(): "private door",
+    }
     results = []
     try:
         for label, changes in (
@@ -479,7 +526,7 @@ def firestore_work(stack: Stack, sketches: int) -> list[FirestoreWork]:
                 stack.wait_sim_idle()
                 settle(trace)
                 if n:
-                    work.per_sketch.append(count_calls(read_trace(trace)))
+                    work.per_sketch.append(count_calls(read_trace(trace), roles))
             results.append(work)
             say(f"  Firestore calls, {label}: {work.summary()}")
     finally:

@@ -2,20 +2,27 @@
 
     PYTHONPATH=. .venv/bin/python -m bench.hostile
 
-Serves tests/fixtures/guarded_function, and create_sketch and novita_webhook as the tree has them
-when they install the guard, each with 32 threads (deploy.sh's concurrency) and the guard's own
-timeouts, and prints for each, beside its goal:
+Serves tests/fixtures/guarded_function, and create_sketch and both doors of novita_webhook (public:
+Novita's deliveries; private: Pub/Sub's pushes) as the tree has them when they install the guard,
+each with 32 threads (deploy.sh's concurrency) and the guard's own timeouts, and prints for each,
+beside its goal:
   uploads     peak RSS growth of the worker while 8 clients each send a 300 MiB body as fast as
               loopback takes it, until the server closes (Content-Length, then chunked); < 5 MB
   stalls      time for an OPTIONS from another client while as many bodies stall as the instance
               has threads; within the read timeout + 1 s
+  drips       the public door only: an OPTIONS while as many bodies as it has threads are drip-fed
+              to `?action=step` (a byte a second), which it must answer 404 without reading them;
+              the OPTIONS and every drip answered within 1 s, each drip's connection closed
   5xx, ERROR  5xx answers over the run, and ERROR lines in the function's log; 0
-Traffic stays on loopback and is bounded: at most 8 x 300 MiB per upload figure.
+Each function first answers one small POST on the figures' path, so that what its first request
+loads is not counted as a hostile body's cost. Traffic stays on loopback and is bounded: at most
+8 x 300 MiB per upload figure.
 """
 
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import tempfile
 import threading
@@ -36,6 +43,13 @@ UPLOAD_BYTES = 300 * 1024 * 1024
 BLOCK = bytes(1024 * 1024)
 RSS_GOAL_MB = 5.0
 ANSWER_TIMEOUT = 10.0
+# A drip-fed body: this many bytes announced, one sent every DRIP_EVERY seconds until the answer.
+DRIP_BYTES = 100
+DRIP_EVERY = 1.0
+# "At once": a door that read a drip-fed body would hold a thread for the guard's 30 s deadline, and
+# an OPTIONS behind as many such bodies as it has threads would wait as long; an answer on loopback
+# takes milliseconds, even on a busy machine. A second tells the two apart with room on both sides.
+AT_ONCE = 1.0
 FIXTURE = ROOT / "tests" / "fixtures" / "guarded_function" / "main.py"
 # What the real functions need to import; nothing they are sent here reaches Firestore or Novita.
 REAL_ENV = {
@@ -49,14 +63,34 @@ REAL_ENV = {
 }
 
 
-@dataclass
-class Target:
-    """A function under test, and the POST that makes it read a body (or answer before it)."""
+@dataclass(frozen=True)
+class Spec:
+    """A function as it is deployed: how it is served, the POST that makes it read a body (or answer
+    before it), and a path it must answer without reading the body, if it has one."""
 
     label: str
-    server: FunctionServer
+    target: str
+    source: Path
+    env: dict[str, str]
     post_path: str
+    drip_path: str | None = None
+
+
+@dataclass
+class Target:
+    """A function under test."""
+
+    spec: Spec
+    server: FunctionServer
     statuses: Counter[int | None] = field(default_factory=Counter)  # None: closed without an answer
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def post_path(self) -> str:
+        return self.spec.post_path
 
     def count(self, statuses: Iterable[int | None]) -> None:
         self.statuses.update(statuses)
@@ -159,6 +193,51 @@ def stalls(target: Target) -> tuple[float, Counter[int | None]]:
     return waited, answers
 
 
+def drips(target: Target, path: str) -> tuple[float, int | None, list[tuple[int | None, float, bool]]]:
+    """THREADS connections each drip-feed a body to `path`, a byte every DRIP_EVERY s until answered.
+    Once every one has begun: the seconds an OPTIONS from another client waits, and its status; then,
+    for each drip, its answer, the seconds from its first byte to that answer, and whether the server
+    closed the connection after it (no thread, nor gunicorn's keep-alive, still holds it)."""
+    begun = threading.Barrier(THREADS + 1, timeout=ANSWER_TIMEOUT)  # broken, not stuck, if one fails
+
+    def drip() -> tuple[int | None, float, bool]:
+        with connect(target) as sock:
+            sock.sendall(head(path, content_length=DRIP_BYTES) + b"{")
+            started = time.monotonic()
+            begun.wait()
+            sent = 1
+            # The next byte only while nothing has come back: the answer stops the drip.
+            while sent < DRIP_BYTES and not select.select([sock], [], [], DRIP_EVERY)[0]:
+                try:
+                    sock.sendall(b" ")
+                except OSError:
+                    break
+                sent += 1
+            status = answer_status(sock, timeout=DRIP_BYTES * DRIP_EVERY)
+            return status, time.monotonic() - started, closed_by_server(sock)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        running = [pool.submit(drip) for _ in range(THREADS)]
+        begun.wait()
+        started = time.monotonic()
+        options = options_status(target, timeout=DRIP_BYTES * DRIP_EVERY)
+        waited = time.monotonic() - started
+        found = [future.result() for future in running]
+    target.count([options, *(status for status, _, _ in found)])
+    return waited, options, found
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has let go of the connection after its answer (an end or a reset)."""
+    sock.settimeout(AT_ONCE)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except OSError:  # nothing within AT_ONCE: the server still holds it
+        return False
+
+
 def faults(target: Target) -> None:
     """Malformed chunk sizes and hang-ups mid-body, THREADS of each: answers counted, none expected
     to be 5xx (a hang-up has nobody left to answer)."""
@@ -196,16 +275,21 @@ def guarded(target: Target) -> bool:
         return answer_status(sock, timeout=3) == 413
 
 
-def start(label: str, target: str, source: Path, env: dict[str, str], post_path: str, logs: Path) -> Target:
+def start(spec: Spec, logs: Path) -> Target:
     port = free_port()
     server = FunctionServer(
-        target, {**env, "THREADS": str(THREADS)}, logs / f"{label}-{port}.log", port=port, source=source
+        spec.target,
+        {**spec.env, "THREADS": str(THREADS)},
+        logs / f"{spec.label}-{port}.log",
+        port=port,
+        source=spec.source,
+        label=spec.label,
     )
-    served = Target(label, server, post_path)
+    served = Target(spec, server)
     server.launch()
     try:
         # Ready when OPTIONS is answered: FunctionServer.start's GET would wait on Firestore, absent here.
-        wait_until(lambda: options_status(served, timeout=0.5) == 204, 30, label, server.process)
+        wait_until(lambda: options_status(served, timeout=0.5) == 204, 30, spec.label, server.process)
     except (RuntimeError, TimeoutError):
         server.stop()
         raise
@@ -221,7 +305,17 @@ def options_status(target: Target, timeout: float = ANSWER_TIMEOUT) -> int | Non
         return None
 
 
+def warm(target: Target) -> None:
+    """One small POST on the figures' path, answered as the function answers it: what its first
+    request loads (lazy imports) is then in memory before any figure is taken, and not counted as
+    what a hostile body cost."""
+    with connect(target) as sock:
+        sock.sendall(head(target.post_path, content_length=2) + b"{}")
+        target.count([answer_status(sock)])
+
+
 def bench(target: Target) -> list[Row]:
+    warm(target)
     rows = []
     for chunked in (False, True):
         grown, sent = uploads(target, chunked=chunked)
@@ -255,6 +349,8 @@ def bench(target: Target) -> list[Row]:
             all(status is None or status < 500 for status in answers),
         )
     )
+    if target.spec.drip_path is not None:
+        rows += drip_rows(target, target.spec.drip_path)
     faults(target)
     fives = target.server_errors
     answered = target.statuses.total()
@@ -262,6 +358,32 @@ def bench(target: Target) -> list[Row]:
     errors = error_lines(target)
     rows.append(Row(target.label, "ERROR lines logged over the run", str(errors), "0", errors == 0))
     return rows
+
+
+def drip_rows(target: Target, path: str) -> list[Row]:
+    waited, options, found = drips(target, path)
+    action = path.partition("?")[2]
+    slowest = max(seconds for _, seconds, _ in found)
+    answers = Counter(status for status, _, _ in found)
+    closed = sum(gone for _, _, gone in found)
+    return [
+        Row(
+            target.label,
+            f"OPTIONS while {THREADS} drip-fed bodies are open on ?{action}",
+            f"{waited:.2f} s ({options or 'closed'})",
+            f"<= {AT_ONCE:g} s, 204",
+            waited <= AT_ONCE and options == 204,
+        ),
+        Row(
+            target.label,
+            f"what the drip-fed bodies on ?{action} were answered",
+            ", ".join(f"{status or 'closed'} x{n}" for status, n in sorted(answers.items(), key=str))
+            + f", the slowest {slowest:.2f} s after its first byte; {closed} of {THREADS} connections "
+            "closed by the server",
+            f"404 within {AT_ONCE:g} s, every connection closed (no thread held)",
+            answers == Counter({404: THREADS}) and slowest <= AT_ONCE and closed == THREADS,
+        ),
+    ]
 
 
 def render(rows: list[Row]) -> str:
@@ -275,17 +397,27 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-# label, target, source, environment, and the POST that makes the function read a body
+WEBHOOK = ROOT / "functions/novita_webhook/main.py"
 TARGETS = [
-    ("guarded_function", "guarded", FIXTURE, {}, "/"),
-    ("create_sketch", "create_sketch", ROOT / "functions/create_sketch/main.py", REAL_ENV, "/"),
-    # An invalid token: the webhook answers before reading, the shape of every refused delivery.
-    (
+    Spec("guarded_function", "guarded", FIXTURE, {}, "/"),
+    Spec("create_sketch", "create_sketch", ROOT / "functions/create_sketch/main.py", REAL_ENV, "/"),
+    # A delivery with a token that does not match: answered before its body is read, the shape of
+    # every refused delivery. An action is nothing the public door does: 404, body unread.
+    Spec(
+        "novita_webhook-public",
         "novita_webhook",
+        WEBHOOK,
+        {**REAL_ENV, "WEBHOOK_DOOR": "public"},
+        f"/?sketch={'0' * 32}&stage=image&t=1700000000&token=bad",
+        drip_path="/?action=step",
+    ),
+    # Pub/Sub's pushes: the private door reads the body of every one (its signature is in it).
+    Spec(
+        "novita_webhook-private",
         "novita_webhook",
-        ROOT / "functions/novita_webhook/main.py",
-        REAL_ENV,
-        "/?sketch=s&stage=image&token=bad",
+        WEBHOOK,
+        {**REAL_ENV, "WEBHOOK_DOOR": "private"},
+        "/?action=step",
     ),
 ]
 
@@ -294,18 +426,20 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
     print(f"logs in {logs}", flush=True)
     rows: list[Row] = []
-    for label, function, source, env, post_path in TARGETS:
+    for spec in TARGETS:
         try:
-            target = start(label, function, source, env, post_path, logs)
+            target = start(spec, logs)
         except (RuntimeError, TimeoutError) as exc:
-            rows.append(Row(label, "skipped: it did not start", str(exc)[:60], "", None))
+            rows.append(Row(spec.label, "skipped: it did not start", str(exc)[:60], "", None))
             continue
         try:
             if guarded(target):
-                print(f"{label}: measuring ...", flush=True)
+                print(f"{spec.label}: measuring ...", flush=True)
                 rows += bench(target)
             else:
-                rows.append(Row(label, "skipped: no 413 before the body (guard not installed)", "", "", None))
+                rows.append(
+                    Row(spec.label, "skipped: no 413 before the body (guard not installed)", "", "", None)
+                )
         finally:
             target.server.stop()
     print(render(rows))

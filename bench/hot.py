@@ -1,16 +1,19 @@
 """Figures of one request path each, with the yardstick each is held to, taken in the same run:
-cold start, a webhook delivery's answer, the chain step, 32 chain steps at once, the copy of a
-50 MB video, and the chain step under the profiler.
+cold start (and what each function imports), a webhook delivery's answer, the chain step, 32 chain
+steps at once, the copy of a 50 MB video, and the chain step under the profiler.
 
-Steps are pushed straight to `novita_webhook?action=step` with the body Pub/Sub would send (signed
-as the functions sign them), so that the emulator's own push loop is not in these figures.
+Steps are pushed straight to the private door's `?action=step` with the body Pub/Sub would send
+(signed as the functions sign them), so that the emulator's own push loop is not in these figures.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+import re
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,13 +31,16 @@ from bench.stack import (
     BENCH,
     HTTP_TIMEOUT,
     KLING_PATH,
+    SHIPPED,
+    WORKER,
     Deployment,
     Stack,
     image_success,
     kling_fields,
+    shipped_env,
 )
 from bench.stills import BIG_NAME, TYPICAL_NAME, VIDEO_BYTES, VIDEO_NAME
-from devstack.functions import FunctionServer
+from devstack.functions import ROOT, FunctionServer
 from devstack.processes import free_port, wait_until
 from shared.media.still import inspect_still
 from shared.pipeline.queue import Step
@@ -47,9 +53,22 @@ LOAD_SINGLES = 3  # sequential single steps per run; their median is the run's s
 DELIVERIES_PER_RUN = 20
 SLOW_RATE = 2_000_000  # bytes per second: the slow media host of the delivery figure
 DELIVERY_GOAL = 0.5
+# Between two runs of deliveries: how long the media host must have been idle (seconds).
+DRAIN_QUIET = 1.0
+
+# The functions whose imports the cold start breaks down, by target (novita_webhook as its private
+# door; the others do not read WEBHOOK_DOOR).
+IMPORTED = {
+    "bare": BENCH / "bare" / "main.py",
+    "create_sketch": ROOT / "functions" / "create_sketch" / "main.py",
+    "novita_webhook": ROOT / "functions" / "novita_webhook" / "main.py",
+}
+# A line of `python -X importtime`: the module's own microseconds, its cumulative ones, its name.
+IMPORT_TIME = re.compile(r"^import time:\s*(\d+) \|\s*\d+ \|\s*([\w.]+)$", re.MULTILINE)
 
 Send = Callable[[httpx.Client], httpx.Response]
 Check = Callable[[httpx.Response], bool]
+Case = tuple[str, FunctionServer, Send, Check]
 
 
 def outcome(response: httpx.Response) -> str | None:
@@ -98,54 +117,118 @@ def _first_answer(proc: FunctionServer, send: Send, ok: Check) -> float:
     raise TimeoutError(f"no answer from {proc.name} within 120 s")
 
 
-def _cold_cases(
-    stack: Stack, main: Deployment, sketch: Sketch
-) -> list[tuple[str, FunctionServer, Send, Check]]:
+def _cold_cases(stack: Stack, cold: Deployment, sketch: Sketch) -> list[Case]:
+    """The cold start's processes, in the order each run starts them, each with its first request
+    and the answer that request must get. The bare function starts first and last: a process start
+    is noisy, and the machine's state drifts while the others start."""
     logs = stack.log_dir / "cold"
 
-    def server(target: str, source: Path | None = None) -> FunctionServer:
+    def server(name: str, target: str, env: dict[str, str], source: Path | None = None) -> FunctionServer:
         port = free_port()
-        name = source.parent.name if source else target
-        return FunctionServer(target, main.env, logs / f"{name}-{port}.log", port=port, source=source)
+        log = logs / f"{name.replace(' ', '-')}-{port}.log"
+        return FunctionServer(
+            target, shipped_env(env), log, port=port, source=source, pythonpath=[SHIPPED], label=name
+        )
 
-    bare = server("bare", BENCH / "bare" / "main.py")
-    create = server("create_sketch")
-    hook = server("novita_webhook")
+    bare = server("bare", "bare", cold.env, BENCH / "bare" / "main.py")
+    create = server("create_sketch", "create_sketch", cold.env)
+    private = server("private door", "novita_webhook", cold.door_env("private"))
+    public = server("public door", "novita_webhook", cold.door_env("public"))
     step = Step(kind=StepKind.CHAIN, sketch_id=sketch.id)
+    assert sketch.image_task_id is not None
+    event = image_success(sketch.image_task_id, stack.media(TYPICAL_NAME))
+    yardstick: Case = (
+        "bare",
+        bare,
+        lambda c: c.get(bare.url),
+        lambda r: r.status_code == 200 and r.text == "ok",
+    )
     return [
-        ("bare", bare, lambda c: c.get(bare.url), lambda r: r.status_code == 200 and r.text == "ok"),
+        yardstick,
         (
             "create_sketch",
             create,
             lambda c: c.get(create.url, params={"id": sketch.id}),
             lambda r: r.status_code == 200 and r.json().get("id") == sketch.id,
         ),
+        # The sketch is read and found to wait on its still: the chain step has nothing to do.
         (
-            "novita_webhook",
-            hook,
-            lambda c: main.push(step, c, url=hook.url)[1],
+            "private door",
+            private,
+            lambda c: cold.push(step, c, url=private.url)[1],
             lambda r: outcome(r) == "duplicate",
         ),
+        # The sketch is read, its check claimed and handed on to the queue.
+        (
+            "public door",
+            public,
+            lambda c: cold.deliver(sketch.id, event, c, url=public.url)[1],
+            lambda r: outcome(r) == "queued",
+        ),
+        yardstick,
     ]
 
 
-def cold_start(stack: Stack, main: Deployment, runs: int) -> dict[str, list[float]]:
+def import_times(env: dict[str, str], target: str, source: Path) -> dict[str, float]:
+    """Seconds each top-level package takes to import when functions-framework loads `target` from
+    `source` in a process like the cold start's: its modules' own times (`python -X importtime`),
+    whoever imported them."""
+    load = f"from functions_framework import create_app; create_app({target!r}, {str(source)!r})"
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", load],
+        env={**os.environ, **shipped_env(env), "PYTHONPATH": os.pathsep.join(map(str, (SHIPPED, ROOT)))},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    seconds: dict[str, float] = {}
+    for own, module in IMPORT_TIME.findall(done.stderr):
+        package = module.partition(".")[0]
+        seconds[package] = seconds.get(package, 0.0) + int(own) / 1e6
+    return seconds
+
+
+@dataclass
+class ColdResult:
+    # Seconds from spawning each process to its first answer, one per run, by process.
+    first_answer: dict[str, list[float]] = field(default_factory=dict)
+    # Seconds each package takes to import, by function (import_times).
+    imports: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def cold_start(stack: Stack, runs: int) -> ColdResult:
     """Process start to the first answer that reads Firestore: `GET ?id=` of a sketch
-    (create_sketch) and a pushed chain step for one (novita_webhook: the sketch is read and found
-    to wait on its still, so the step is a duplicate). The yardstick is a bare function's first
-    answer."""
+    (create_sketch), a pushed chain step for one (the private door: the sketch is read and found to
+    wait on its still, so the step is a duplicate), and the first delivery of its task's webhook
+    (the public door: the sketch is read, its check claimed and published). The yardstick is a bare
+    function's first answer, taken twice a run. The deployment's topics have no subscription, so
+    that the check each delivery publishes sets nothing running while the next process starts.
+    Every process imports only what deploy.sh ships (bench/deployed). Also: each function's
+    imports, by package."""
     stack.quiet()
-    results: dict[str, list[float]] = {"bare": [], "create_sketch": [], "novita_webhook": []}
-    for run in range(runs):
-        sketch = main.put_sketch(f"bench cold start {run}", Status.IMAGE_PENDING, image_task_id=f"cold-{run}")
-        for name, proc, send, ok in _cold_cases(stack, main, sketch):
-            try:
-                results[name].append(_first_answer(proc, send, ok))
-            finally:
-                proc.stop()
-        times = ", ".join(f"{k} {v[-1] * 1000:.0f} ms" for k, v in results.items())
-        say(f"  cold start run {run + 1}: {times}")
-    return results
+    result = ColdResult()
+    cold = stack.deploy("cold", create=False, pushes=False)
+    try:
+        for run in range(runs):
+            sketch = cold.put_sketch(
+                f"bench cold start {run}", Status.IMAGE_PENDING, image_task_id=f"cold-{run}"
+            )
+            times = []
+            for name, proc, send, ok in _cold_cases(stack, cold, sketch):
+                try:
+                    seconds = _first_answer(proc, send, ok)
+                finally:
+                    proc.stop()
+                result.first_answer.setdefault(name, []).append(seconds)
+                times.append(f"{name} {seconds * 1000:.0f} ms")
+            say(f"  cold start run {run + 1}: {', '.join(times)}")
+        for target, source in IMPORTED.items():
+            result.imports[target] = import_times(cold.door_env("private"), target, source)
+    finally:
+        stack.retire(cold)
+    return result
 
 
 # ------------------------------------------------------------------------------------ delivery
@@ -201,20 +284,21 @@ def delivery(stack: Stack, runs: int) -> DeliveryResult:
 
         def drain() -> None:
             dep.purge()
-            stack.wait_media_idle()
-            time.sleep(0.5)  # a chain that got its still now sends it to Kling
+            # A chain step Pub/Sub pushed just before the purge starts its download within this;
+            # one that got its still sends it to Kling within it too.
+            stack.wait_media_idle(quiet=DRAIN_QUIET)
             stack.wait_sim_idle()
 
         one_run(3, "warm-up")  # the instance's first requests build its runtime
         drain()
         for run in range(runs):
             latencies, head, answered = one_run(DELIVERIES_PER_RUN, str(run))
+
             # The step logs that Kling took the still just after it wrote the sketch down.
-            wait_until(
-                lambda head=head: bool(dep.log_lines("image-to-video task started", head.id)),
-                60,
-                "the first delivery's chain",
-            )
+            def kling_asked(sketch_id: str = head.id) -> bool:
+                return bool(dep.log_lines("image-to-video task started", sketch_id))
+
+            wait_until(kling_asked, 60, "the first delivery's chain")
             kling = dep.log_lines("image-to-video task started", head.id)
             result.to_kling.append(log_time(kling[0]) - answered)
             drain()
@@ -341,7 +425,7 @@ def run_chain(stack: Stack, dep: Deployment, sketch: Sketch) -> tuple[float, Wat
     worker's memory and CPU around it, and its parts (from the deployment's trace, if it has one)."""
     stack.wait_sim_idle()
     tail = TraceTail(dep.trace) if dep.trace is not None else None
-    with Watch(dep.webhook.worker_pid()) as watch:
+    with Watch(dep.steps.worker_pid()) as watch:
         elapsed, response = dep.push(Step(kind=StepKind.CHAIN, sketch_id=sketch.id))
     if not applied(response):
         raise RuntimeError(f"chain step answered {response.status_code}: {response.text[:300]}")
@@ -410,7 +494,7 @@ class LoadResult:
     cpu: dict[str, list[float]] = field(default_factory=dict)  # process -> CPU seconds per run
     overflows: list[int] = field(default_factory=list)  # connections dropped by a full listen queue
     # The least wall time the CPU work of the crowd needs on this machine: all processes' CPU over
-    # its cores, or the webhook worker's CPU (one core: Python's GIL), whichever is more.
+    # its cores, or the private door worker's CPU (one core: Python's GIL), whichever is more.
     cpu_floor: list[float] = field(default_factory=list)
     parts: list[dict[str, float]] = field(default_factory=list)  # every crowd step's parts, all runs
 
@@ -466,11 +550,11 @@ def load(stack: Stack, main: Deployment, runs: int, kling_latency: float) -> Loa
             if not applied(response):
                 result.errors.append(f"single: {response.status_code} {response.text[:120]}")
             singles.append(elapsed)
-        others = {name: pid for name, pid in main.pids().items() if name != "webhook worker"}
+        others = {name: pid for name, pid in main.pids().items() if name != WORKER}
         cpu0 = {name: cpu_seconds(pid) for name, pid in others.items()}
         overflows = listen_overflows()
         tail = TraceTail(main.trace) if main.trace is not None else None
-        with Watch(main.webhook.worker_pid()) as watch:
+        with Watch(main.steps.worker_pid()) as watch:
             latencies, errors, wall = _crowd(main, sketches[LOAD_SINGLES:])
         result.overflows.append(listen_overflows() - overflows)
         if tail is not None:
@@ -478,7 +562,7 @@ def load(stack: Stack, main: Deployment, runs: int, kling_latency: float) -> Loa
             result.parts += parts_by_step(tail.new())
         for name, pid in others.items():
             result.cpu.setdefault(name, []).append(cpu_seconds(pid) - cpu0[name])
-        result.cpu.setdefault("webhook worker", []).append(watch.cpu)
+        result.cpu.setdefault(WORKER, []).append(watch.cpu)
         spent = sum(v[-1] for v in result.cpu.values())
         result.cpu_floor.append(max(spent / (os.cpu_count() or 1), watch.cpu))
         result.errors += errors
@@ -500,7 +584,7 @@ def load(stack: Stack, main: Deployment, runs: int, kling_latency: float) -> Loa
         say(
             f"  load run {run + 1}: single {result.single[-1] * 1000:.0f} ms; {LOAD_CONCURRENCY} at once: "
             f"p50 {result.p50[-1] * 1000:.0f} ms, p99 {result.p99[-1] * 1000:.0f} ms, all answered in "
-            f"{wall * 1000:.0f} ms; webhook worker CPU {watch.cpu * 1000:.0f} ms, "
+            f"{wall * 1000:.0f} ms; private door worker CPU {watch.cpu * 1000:.0f} ms, "
             f"RSS +{watch.grown_mb:.1f} MB; listen-queue drops {result.overflows[-1]}; "
             f"errors so far {len(result.errors)}"
         )
@@ -546,7 +630,7 @@ def copy(stack: Stack, runs: int) -> CopyResult:
                 if n % 2:
                     result.baseline.append(plain_copy(stack, dep, plain))
                 sketch = dep.video_ready(f"bench copy {n}", stack.media(VIDEO_NAME))
-                with Watch(dep.webhook.worker_pid()) as watch:
+                with Watch(dep.steps.worker_pid()) as watch:
                     elapsed, response = dep.push(Step(kind=StepKind.COPY, sketch_id=sketch.id))
                 if not applied(response):
                     raise RuntimeError(f"copy step answered {response.status_code}: {response.text[:300]}")
@@ -586,7 +670,7 @@ def profile(stack: Stack, chains: int, top: int) -> str:
         "profile",
         env={"BENCH_PROFILE_DIR": str(out)},
         create=False,
-        webhook_source=BENCH / "profiled" / "main.py",
+        steps_source=BENCH / "profiled" / "main.py",
     )
     texts = []
     try:

@@ -1,6 +1,6 @@
 """The real stack for the benchmark, on loopback: the Firestore, Pub/Sub and Cloud Storage emulators,
-the Novita simulator and the media host as their own processes, and deployments of the two
-functions (each a Google Cloud project of its own, with its own steps' topology) started at will."""
+the Novita simulator and the media host as their own processes, and deployments of the functions
+(each a Google Cloud project of its own, with its own steps' topology) started at will."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from bench.measure import cpu_seconds
 from devstack.emulator import FirestoreEmulator
@@ -30,12 +34,20 @@ from devstack.simulator import SimulatorProcess
 from devstack.stack import Scheduler
 from devstack.storage import StorageEmulator
 from novita_simulator.config import SimulatorConfig
-from shared.core.tokens import sweep_token, webhook_url
+from shared.core.config import Door
+from shared.core.tokens import SWEEP_HEADER, sweep_token, webhook_url
 from shared.google import firestore as firestore_rest
 from shared.google.api import GoogleApi
 from shared.google.storage import CHUNK_BYTES
-from shared.pipeline.queue import Step
-from shared.pipeline.topology import DEAD_LETTER_SUBSCRIPTION, STEP_ACTION, SUBSCRIPTION
+from shared.pipeline.queue import Step, message
+from shared.pipeline.topology import (
+    DEAD_LETTER_SUBSCRIPTION,
+    DEAD_LETTER_TOPIC,
+    STEP_ACTION,
+    SUBSCRIPTION,
+    SWEEP_ACTION,
+    TOPIC,
+)
 from shared.sketch.model import Sketch, Stage, Status, new_sketch_id, utcnow
 from shared.sketch.request import CreateSketchRequest
 from shared.sketch.store import SketchStore
@@ -47,9 +59,16 @@ COLLECTION = "sketches"
 KLING_PATH = "/v3/async/kling-v2.1-i2v-master"
 BENCH = ROOT / "bench"
 INSTRUMENT = BENCH / "instrument"
+# Put first on a function's PYTHONPATH with `shipped_env`: it imports only what deploy.sh ships.
+SHIPPED = BENCH / "deployed"
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 # Requests one instance serves at once (gunicorn threads): deploy.sh's --concurrency.
 INSTANCE_CONCURRENCY = 32
+# How long a step the bench pushes may still be done after it is signed (the functions give theirs
+# MAX_SKETCH_AGE_SECONDS): longer than any flow of the bench, so that none expires on the way.
+STEP_LIFETIME = 3600.0
+# The process the steps run in: the private door's gunicorn worker (Deployment.pids names it so).
+WORKER = "private door worker"
 # Firestore calls made against the emulator before any figure is taken. Its JVM compiles its hot
 # paths over the first few thousand: a sketch's read or write took it 4-6 ms when fresh and 1.2-1.5
 # ms after about 5,000. Firestore itself is no fresh JVM, so the figures are taken on a warm one.
@@ -74,9 +93,45 @@ QUIET: dict[str, Any] = {
 }
 
 
+@cache
+def not_shipped() -> str:
+    """The top-level modules of this venv that only packages deploy.sh does not ship provide (it
+    ships requirements.txt, and what those require), comma-separated: bench/deployed refuses them."""
+    lines = (line.partition("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines())
+    wanted = [line for line in lines if line]
+    shipped: set[str] = set()
+    while wanted:
+        requirement = Requirement(wanted.pop())
+        name = canonicalize_name(requirement.name)
+        if name in shipped or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        shipped.add(name)
+        wanted += metadata.requires(name) or []
+    return ",".join(
+        sorted(
+            module
+            for module, packages in metadata.packages_distributions().items()
+            if module not in sys.stdlib_module_names
+            and not shipped & {canonicalize_name(package) for package in packages}
+        )
+    )
+
+
+def shipped_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a process with SHIPPED first on its path: it imports only what deploy.sh ships."""
+    return {**env, "BENCH_NOT_SHIPPED": not_shipped()}
+
+
 class Deployment:
-    """Both functions of one Google Cloud project, wired to the shared emulators and simulator, with
-    the steps' topics and push subscriptions made for its webhook (devstack's own topology)."""
+    """The functions of one Google Cloud project as the project deploys them, wired to the shared
+    emulators and simulator: `novita_webhook` twice, its public door (Novita's deliveries, at
+    WEBHOOK_URL) and its private door (the steps' push subscriptions and the sweep), and
+    `create_sketch`; with the steps' topics and push subscriptions made for the private door
+    (devstack's own topology).
+
+    `pushes=False` makes the topics only: what the functions publish is then kept by no
+    subscription, and every step is one the bench pushes itself (the cold start, the soak).
+    """
 
     def __init__(
         self,
@@ -87,9 +142,11 @@ class Deployment:
         trace: Path | None = None,
         create: bool = True,
         create_env: dict[str, str] | None = None,
-        webhook_source: Path | None = None,
+        steps_source: Path | None = None,
+        pushes: bool = True,
     ) -> None:
         self.stack = stack
+        self.pushes = pushes
         logs = stack.log_dir / name
         # A Cloud Storage emulator of its own: the emulator rewrites the metadata of every object it
         # holds on each upload, so the objects other sections left would make each upload slower.
@@ -119,11 +176,21 @@ class Deployment:
             extra_path.append(INSTRUMENT)
         self.webhook = FunctionServer(
             "novita_webhook",
-            self.env,
-            logs / f"novita_webhook-{port}.log",
+            self.door_env("public"),
+            logs / f"novita_webhook-public-{port}.log",
             port=port,
-            source=webhook_source,
             pythonpath=extra_path,
+            label="novita_webhook (public door)",
+        )
+        steps_port = free_port()
+        self.steps = FunctionServer(
+            "novita_webhook",
+            self.door_env("private"),
+            logs / f"novita_webhook-private-{steps_port}.log",
+            port=steps_port,
+            source=steps_source,
+            pythonpath=extra_path,
+            label="novita_webhook (private door)",
         )
         self.create: FunctionServer | None = None
         if create:
@@ -140,30 +207,52 @@ class Deployment:
         self.store = SketchStore(self.db, COLLECTION)
         self.scheduler: Scheduler | None = None
 
+    def door_env(self, door: Door) -> dict[str, str]:
+        """The environment of `novita_webhook` deployed as `door` (public or private)."""
+        return {**self.env, "WEBHOOK_DOOR": door}
+
+    @property
+    def servers(self) -> list[FunctionServer]:
+        return [self.steps, self.webhook, *([self.create] if self.create is not None else [])]
+
     def start(self, *, sweep_every: float | None = None) -> Deployment:
         self.storage.start()
-        self.stack.pubsub.create_topology(self.project, self.env["WEBHOOK_URL"])
-        self.webhook.start()
-        if self.create is not None:
-            self.create.start()
+        # What the bench deletes is gone at once (a bucket may turn soft delete off): the emulator
+        # keeps soft-deleted objects, and rewrites its record of all it keeps on every upload.
+        self.http.patch(
+            f"{self.storage.url}/storage/v1/b/{BUCKET}",
+            json={"softDeletePolicy": {"retentionDurationSeconds": "0"}},
+        ).raise_for_status()
+        if self.pushes:
+            self.stack.pubsub.create_topology(self.project, self.steps.url)
+        else:
+            self.stack.topics(self.project)
+        for server in self.servers:
+            server.start()
         if sweep_every is not None:
-            self.scheduler = Scheduler(self.env["WEBHOOK_URL"], WEBHOOK_SECRET, sweep_every).start()
+            self.scheduler = Scheduler(self.steps.url, WEBHOOK_SECRET, sweep_every).start()
         return self
 
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
             self.scheduler = None
-        if self.create is not None:
-            self.create.stop()
-        self.webhook.stop()
-        self.purge()
+        for server in reversed(self.servers):
+            server.stop()
+        if self.pushes:
+            self.purge()
         self.storage.stop()
         self.http.close()
 
+    def ended(self) -> dict[str, int]:
+        """The functions whose process has ended, by name, with its exit code (-9: killed)."""
+        codes = {server.name: server.process.poll() if server.process else None for server in self.servers}
+        return {name: code for name, code in codes.items() if code is not None}
+
     def pids(self) -> dict[str, int]:
-        """The stack's long-running processes with this deployment's: its storage, its webhook worker."""
-        pids = {**self.stack.pids(), "webhook worker": self.webhook.worker_pid()}
+        """The stack's long-running processes with this deployment's: its storage, the private door's
+        worker (where the steps and the sweep run)."""
+        pids = {**self.stack.pids(), WORKER: self.steps.worker_pid()}
         if self.storage.pid:
             pids["Storage emulator"] = self.storage.pid
         return pids
@@ -199,7 +288,8 @@ class Deployment:
         return self.storage.object(name)
 
     def delete_objects(self, names: list[str]) -> None:
-        """Delete objects, so that the emulator's cost per upload stays that of a small bucket."""
+        """Delete objects for good, so that the emulator's cost per upload stays that of a small
+        bucket."""
         for name in names:
             answer = self.http.delete(f"{self.storage.url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}")
             if answer.status_code not in (204, 404):
@@ -230,7 +320,7 @@ class Deployment:
             "task",
         )
         known = {"status": status, "submission_unknown": None, "submission_unknown_since": None}
-        return self.store.create(sketch.model_copy(update={**known, **fields}))
+        return self.store.create(sketch.model_copy(update={**known, **fields}))[0]
 
     def image_complete(self, prompt: str, image_url: str) -> Sketch:
         """A sketch whose still is made, waiting for its chain step."""
@@ -278,13 +368,14 @@ class Deployment:
     # ------------------------------------------------------------------------------- requests
 
     def push_body(self, step: Step) -> bytes:
-        """The body Pub/Sub's push subscription would send for `step`."""
-        message = step.message(WEBHOOK_SECRET)
+        """The body Pub/Sub's push subscription would send for `step`, signed now as the functions
+        sign what they publish."""
+        signed = message(step, WEBHOOK_SECRET, STEP_LIFETIME, time.time())
         return json.dumps(
             {
                 "message": {
-                    "data": base64.b64encode(message.data).decode("ascii"),
-                    "attributes": dict(message.attributes),
+                    "data": base64.b64encode(signed.data).decode("ascii"),
+                    "attributes": dict(signed.attributes),
                     "messageId": uuid.uuid4().hex,
                 },
                 "subscription": f"projects/{self.project}/subscriptions/{SUBSCRIPTION}",
@@ -298,45 +389,63 @@ class Deployment:
         headers: dict[str, str] | None = None,
         url: str | None = None,
     ) -> tuple[float, httpx.Response]:
-        """POST `step` straight to `?action=step`, as Pub/Sub pushes it: seconds to the answer, and it."""
+        """POST `step` to the private door's `?action=step` (or to `url`'s), as Pub/Sub pushes it:
+        seconds to the answer, and it."""
         body = self.push_body(step)
-        target = f"{url or self.webhook.url}?action={STEP_ACTION}"
+        target = f"{url or self.steps.url}?action={STEP_ACTION}"
         t0 = time.perf_counter()
         response = (client or self.http).post(
             target, content=body, headers={"Content-Type": "application/json", **(headers or {})}
         )
         return time.perf_counter() - t0, response
 
-    def webhook_url(self, sketch_id: str, stage: Stage = "image") -> str:
-        return webhook_url(self.webhook.url, WEBHOOK_SECRET, sketch_id, stage)
+    def webhook_url(self, sketch_id: str, stage: Stage = "image", base: str | None = None) -> str:
+        """The URL registered with Novita for the sketch's `stage` task, issued now (on the public
+        door, or on `base`)."""
+        return webhook_url(base or self.webhook.url, WEBHOOK_SECRET, sketch_id, stage, int(time.time()))
 
-    def deliver(self, sketch_id: str, event: dict[str, Any]) -> tuple[float, httpx.Response]:
+    def deliver(
+        self,
+        sketch_id: str,
+        event: dict[str, Any],
+        client: httpx.Client | None = None,
+        url: str | None = None,
+    ) -> tuple[float, httpx.Response]:
+        """POST `event` to the sketch's webhook URL on the public door (or on `url`), as Novita does:
+        seconds to the answer, and it."""
         body = json.dumps(event).encode()
-        url = self.webhook_url(sketch_id)
+        target = self.webhook_url(sketch_id, base=url)
         t0 = time.perf_counter()
-        response = self.http.post(url, content=body, headers={"Content-Type": "application/json"})
+        response = (client or self.http).post(
+            target, content=body, headers={"Content-Type": "application/json"}
+        )
         return time.perf_counter() - t0, response
 
     def sweep(self, client: httpx.Client | None = None) -> httpx.Response:
+        """The recovery sweep, on the private door, as Cloud Scheduler calls it."""
         return (client or self.http).post(
-            self.webhook.url,
-            params={"action": "sweep"},
-            headers={"Authorization": f"Bearer {sweep_token(WEBHOOK_SECRET)}"},
+            self.steps.url,
+            params={"action": SWEEP_ACTION},
+            headers={SWEEP_HEADER: sweep_token(WEBHOOK_SECRET)},
             timeout=httpx.Timeout(150.0, connect=5.0),
         )
 
     def log_lines(
-        self, message: str, sketch_id: str | None = None, server: FunctionServer | None = None
+        self, text: str, sketch_id: str | None = None, server: FunctionServer | None = None
     ) -> list[dict[str, Any]]:
-        """The JSON log lines of `server` (the webhook by default) whose message starts with
-        `message` (about `sketch_id`)."""
+        """The JSON log lines of `server` (by default both doors of the webhook) whose message starts
+        with `text` (about `sketch_id`)."""
         lines = []
-        for raw in (server or self.webhook).log_path.read_text(errors="replace").splitlines():
-            if not raw.startswith("{"):
-                continue
-            line = json.loads(raw)
-            if str(line.get("message")).startswith(message) and sketch_id in (None, line.get("sketch_id")):
-                lines.append(line)
+        for source in [server] if server is not None else [self.webhook, self.steps]:
+            for raw in source.log_path.read_text(errors="replace").splitlines():
+                if not raw.startswith("{"):
+                    continue
+                line = json.loads(raw)
+                if str(line.get("message")).startswith(text) and sketch_id in (
+                    None,
+                    line.get("sketch_id"),
+                ):
+                    lines.append(line)
         return lines
 
 
@@ -377,6 +486,15 @@ class Stack:
             emulator.stop()
         self.http.close()
 
+    def topics(self, project: str) -> None:
+        """The steps' topics of `project` without their subscriptions: a message published to them is
+        kept by nobody."""
+        base = f"{self.pubsub.url}/v1/projects/{project}/topics"
+        for topic in (TOPIC, DEAD_LETTER_TOPIC):
+            answer = self.http.put(f"{base}/{topic}", json={})
+            if answer.status_code != 409:  # made already
+                answer.raise_for_status()
+
     def deploy(self, name: str, *, sweep_every: float | None = None, **options: Any) -> Deployment:
         deployment = Deployment(self, name, **options)
         self._deployments.append(deployment)
@@ -412,7 +530,7 @@ class Stack:
                 store = SketchStore(db, COLLECTION)
                 for _ in range(count):
                     now = utcnow()
-                    sketch = store.create(Sketch.new(new_sketch_id(), request, now, None, now, "task"))
+                    sketch, _ = store.create(Sketch.new(new_sketch_id(), request, now, None, now, "task"))
                     read = store.get(sketch.id)
                     store.mutate(sketch.id, lambda s: {"image_task_id": "warm-up"}, known=read)
 
@@ -421,7 +539,7 @@ class Stack:
                 db = firestore_rest.Firestore(GoogleApi(http), "bench-warmup", base_url=self.firestore.url)
                 store = SketchStore(db, COLLECTION)
                 now = utcnow()
-                sketch = store.create(Sketch.new(new_sketch_id(), request, now, None, now, "task"))
+                sketch, _ = store.create(Sketch.new(new_sketch_id(), request, now, None, now, "task"))
                 assert self.firestore.pid is not None
                 cpu0 = cpu_seconds(self.firestore.pid)
                 for _ in range(WARMUP_PROBE_READS):
@@ -466,8 +584,18 @@ class Stack:
     def media_stats(self) -> dict[str, Any]:
         return dict(self.http.get(f"{self.media_url}/_stats").json())
 
-    def wait_media_idle(self, timeout: float = 120.0) -> None:
-        wait_until(lambda: self.media_stats()["active"] == 0, timeout, "media host idle")
+    def wait_media_idle(self, quiet: float, timeout: float = 120.0) -> None:
+        """Wait until nothing has downloaded from the media host for `quiet` seconds in a row."""
+        idle_since = time.monotonic()
+
+        def idle() -> bool:
+            nonlocal idle_since
+            if self.media_stats()["active"]:
+                idle_since = time.monotonic()
+                return False
+            return time.monotonic() - idle_since >= quiet
+
+        wait_until(idle, timeout, "media host idle")
 
 
 def image_success(task_id: str, image_url: str) -> dict[str, Any]:

@@ -3,11 +3,13 @@
 Put this folder first on PYTHONPATH and set BENCH_TRACE to a file. Every call of the Firestore
 client (`shared.google.firestore.Firestore`: `get`, `commit`, `query`; `create`, `update` and
 `increment` are commits), every step published (`shared.pipeline.queue.StepQueue.publish`), every
-step run (`shared.pipeline.steps.Worker.run`), every sweep (`shared.pipeline.recovery.Recovery.sweep`)
-and each part of a step (the media download, the still's check, the upload to the bucket, the
-request to Kling, the balance breaker's look) appends one JSON line to that file with O_APPEND,
-stamped with wall-clock times, so that lines from several processes (and a forked gunicorn worker)
-can be put side by side. A line costs a few microseconds.
+step run (`shared.pipeline.steps.Worker.run`), every webhook delivery handled
+(`shared.pipeline.recovery.Recovery.delivered`), every sweep (`Recovery.sweep`) and each part of a
+step (the media download, the still's check, the upload to the bucket and the object it stored,
+the request to Kling, the balance breaker's look) appends one JSON line to that file with
+O_APPEND, stamped with wall-clock times and the process and thread, so that lines from several
+processes (both doors, create_sketch, each a forked gunicorn worker) can be put side by side. A
+line costs a few microseconds.
 """
 
 from __future__ import annotations
@@ -114,8 +116,12 @@ def _install(path: str) -> None:
             "outcome": None if result is None else result.value,
         },
     )
+    traced(
+        Storage,
+        "upload",
+        lambda self, bucket, name, *args, result, **kw: {"ev": "call", "fn": "upload", "object": name},
+    )
     for cls, name in (
-        (Storage, "upload"),
         (NovitaClient, "start_image_to_video"),
         (NovitaClient, "task_result"),
         (BalanceBreaker, "check"),
@@ -125,6 +131,11 @@ def _install(path: str) -> None:
         # Called by the chain under the names it imported: wrapped where it looks them up.
         original = getattr(chain, name)
         setattr(chain, name, _timed(original, name, emit))
+    traced(
+        Recovery,
+        "delivered",
+        lambda self, sketch_id, hint, result: {"ev": "delivery", "sketch": sketch_id, "outcome": result},
+    )
     traced(
         Recovery,
         "sweep",
