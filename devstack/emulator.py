@@ -11,10 +11,12 @@ from pathlib import Path
 
 import httpx
 
+from devstack.gate import Gate
 from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
 
 JAR_IN_SDK = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
 MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
+GATE_SETTLE_SECONDS = 0.5
 
 
 @cache
@@ -51,9 +53,17 @@ def find_jar() -> Path:
 
 
 class FirestoreEmulator:
-    def __init__(self, log_path: Path, *, port: int | None = None, rules: Path | None = None) -> None:
+    """The emulator on `port`. `gated`: its clients reach it through a gate (`devstack/gate.py`) on
+    `host`, which `restart` shuts first, so that a restart loses no write a client was told of."""
+
+    def __init__(
+        self, log_path: Path, *, port: int | None = None, rules: Path | None = None, gated: bool = False
+    ) -> None:
         self.port = port or free_port()
-        self.host = f"{LOOPBACK}:{self.port}"
+        self._gate = Gate(self.port) if gated else None
+        self.host = self._gate.host if self._gate else f"{LOOPBACK}:{self.port}"
+        # The emulator's own address, for its readiness, exports and resets, even while gated.
+        self._direct = f"http://{LOOPBACK}:{self.port}"
         self._log_path = log_path
         self._rules = rules
         self._import: Path | None = None
@@ -84,23 +94,25 @@ class FirestoreEmulator:
             cmd.append(f"--import-data={self._import}")
         self._proc = start(cmd, env=dict(os.environ), log_path=self._log_path)
         wait_until(
-            answers(self.url + "/", lambda r: r.status_code == 200 and r.text.strip() == "Ok"),
+            answers(self._direct + "/", lambda r: r.status_code == 200 and r.text.strip() == "Ok"),
             timeout,
             "Firestore emulator",
             self._proc,
         )
+        if self._gate is not None:
+            self._gate.open()
         return self
 
     def reset(self, project: str) -> None:
         httpx.delete(
-            f"{self.url}/emulator/v1/projects/{project}/databases/(default)/documents", timeout=10
+            f"{self._direct}/emulator/v1/projects/{project}/databases/(default)/documents", timeout=10
         ).raise_for_status()
 
     def export(self, project: str, directory: Path) -> Path:
         """Write every document to `directory`; returns the export's metadata file."""
         directory.mkdir(parents=True, exist_ok=True)
         httpx.post(
-            f"{self.url}/emulator/v1/projects/{project}:export",
+            f"{self._direct}/emulator/v1/projects/{project}:export",
             json={"database": f"projects/{project}/databases/(default)", "export_directory": str(directory)},
             timeout=60,
         ).raise_for_status()
@@ -108,12 +120,18 @@ class FirestoreEmulator:
 
     def restart(self, project: str, downtime: float, export_dir: Path) -> None:
         """Stop the emulator for `downtime` seconds and bring it back, documents and all, on its port."""
+        if self._gate is not None:
+            self._gate.shut()
+            # A request the emulator took just before is let finish, so that the export holds it.
+            time.sleep(GATE_SETTLE_SECONDS)
         self._import = self.export(project, export_dir)
         self.stop()
         time.sleep(downtime)
         self.start()
 
     def stop(self) -> None:
+        if self._gate is not None:
+            self._gate.shut()
         if self._proc is not None:
             stop(self._proc)
             self._proc = None

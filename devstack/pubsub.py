@@ -13,6 +13,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import httpx
 
 from devstack.emulator import sdk_roots
+from devstack.gate import Gate
 from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
 from shared.pipeline.topology import (
     DEAD_LETTER_ACTION,
@@ -53,10 +54,17 @@ def with_action(url: str, action: str) -> str:
 
 
 class PubSubEmulator:
-    def __init__(self, log_path: Path, *, port: int | None = None) -> None:
+    """The emulator on `port`. `gated`: its clients reach it through a gate (`devstack/gate.py`) on
+    `host`, which stays shut through a restart until the topologies are made again, so that no
+    message is published to a topic whose subscription does not exist yet."""
+
+    def __init__(self, log_path: Path, *, port: int | None = None, gated: bool = False) -> None:
         self.port = port or free_port()
-        self.host = f"{LOOPBACK}:{self.port}"
+        self._gate = Gate(self.port) if gated else None
+        self.host = self._gate.host if self._gate else f"{LOOPBACK}:{self.port}"
         self.url = f"http://{self.host}"
+        # The emulator's own address, for its readiness and the topologies, even while gated.
+        self._direct = f"http://{LOOPBACK}:{self.port}"
         self._log_path = log_path
         self._proc = None
         # The topologies made on it, so that a restart (the emulator keeps nothing) makes them again.
@@ -75,10 +83,15 @@ class PubSubEmulator:
             f"--port={self.port}",
         ]
         self._proc = start(cmd, env=dict(os.environ), log_path=self._log_path)
-        wait_until(answers(self.url + "/"), timeout, "Pub/Sub emulator", self._proc)
+        wait_until(answers(self._direct + "/"), timeout, "Pub/Sub emulator", self._proc)
+        # On a restart the gate opens only once the topologies are made again (`restart`).
+        if self._gate is not None and not self._topologies:
+            self._gate.open()
         return self
 
     def stop(self) -> None:
+        if self._gate is not None:
+            self._gate.shut()
         if self._proc is not None:
             stop(self._proc)
             self._proc = None
@@ -91,11 +104,13 @@ class PubSubEmulator:
         self.start()
         for project, (webhook_url, retry) in self._topologies.items():
             self.create_topology(project, webhook_url, retry)
+        if self._gate is not None:
+            self._gate.open()
 
     def create_topology(self, project: str, webhook_url: str, retry: RetryPolicy = LOCAL_RETRY) -> None:
         """The steps' topics and push subscriptions, pointed at `webhook_url`; made or brought up to date."""
         self._topologies[project] = (webhook_url, retry)
-        base = f"{self.url}/v1/projects/{project}"
+        base = f"{self._direct}/v1/projects/{project}"
         with httpx.Client(timeout=10) as http:
             for topic in (TOPIC, DEAD_LETTER_TOPIC):
                 answer = http.put(f"{base}/topics/{topic}", json={})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +83,21 @@ class LocalStack:
     steps: FunctionServer
     playground: Playground
     env: dict[str, str]
+    supervisor: Supervisor
+    log_dir: Path
     simulator: SimulatorProcess | None = None
     pids: list[int] = field(default_factory=list)
+
+    # An outage of each emulator, as a chaos run makes them (see `local_stack(restartable=True)`).
+
+    def restart_firestore(self, downtime: float) -> None:
+        self.firestore.restart(PROJECT, downtime, self.log_dir / "firestore-export")
+
+    def restart_pubsub(self, downtime: float) -> None:
+        self.pubsub.restart(downtime)
+
+    def restart_storage(self, downtime: float) -> None:
+        self.storage.restart(downtime)
 
     def describe(self) -> dict[str, Any]:
         """The one JSON line `run-local.sh --serve` prints once the stack is ready."""
@@ -130,20 +143,35 @@ def local_stack(
     video_delay: float,
     ttl: int,
     say: Callable[[str], None] = print,
+    settings: Mapping[str, str] | None = None,
+    restartable: bool = False,
 ) -> Iterator[LocalStack]:
-    """Start every part of the stack; stop each one, whatever happens, on the way out."""
-    environ = dict(os.environ)
+    """Start every part of the stack; stop each one, whatever happens, on the way out.
+
+    `settings`: configuration variables for the functions, as if set in the environment (where the
+    emulators are is still the stack's own). `restartable`: each emulator can be restarted losing
+    nothing it was told to keep: Firestore sits behind a gate (`devstack/gate.py`), Cloud Storage
+    keeps its objects on disk under `log_dir`; Pub/Sub sits behind a gate too, so that nothing is
+    published before its subscriptions are back, but loses the messages it held, as an outage may.
+    """
+    environ = {**os.environ, **(settings or {})}
     external = bool(environ.get("NOVITA_BASE_URL", "").strip() and environ.get("NOVITA_API_KEY", "").strip())
     with ExitStack() as stack:
         # The rules the browser's reads meet where the project is deployed; the functions' own
         # reads and writes (the emulator's `owner` token) bypass them, as a service account does.
-        firestore = FirestoreEmulator(log_dir / "firestore-emulator.log", rules=RULES).start()
+        firestore = FirestoreEmulator(
+            log_dir / "firestore-emulator.log", rules=RULES, gated=restartable
+        ).start()
         stack.callback(firestore.stop)
         auth = AuthEmulator(log_dir / "auth-emulator.log", PROJECT).start()
         stack.callback(auth.stop)
-        pubsub = PubSubEmulator(log_dir / "pubsub-emulator.log").start()
+        pubsub = PubSubEmulator(log_dir / "pubsub-emulator.log", gated=restartable).start()
         stack.callback(pubsub.stop)
-        storage = StorageEmulator(log_dir / "storage-emulator.log", BUCKET).start()
+        storage = StorageEmulator(
+            log_dir / "storage-emulator.log",
+            BUCKET,
+            data_dir=log_dir / "storage-data" if restartable else None,
+        ).start()
         stack.callback(storage.stop)
         simulator = None
         if external:
@@ -206,7 +234,8 @@ def local_stack(
             stack.callback(server.stop)
         webhook, steps, create = servers
         # Stopped before the functions are: a function stopping on purpose is not brought back.
-        stack.callback(Supervisor(servers, say).start().stop)
+        supervisor = Supervisor(servers, say).start()
+        stack.callback(supervisor.stop)
         scheduler = Scheduler(steps.url, secret, SWEEP_EVERY_SECONDS).start()
         stack.callback(scheduler.stop)
         page = PageConfig(
@@ -231,6 +260,8 @@ def local_stack(
             steps,
             playground,
             env,
+            supervisor,
+            log_dir,
             simulator,
             pids,
         )

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from novita_simulator import NovitaSimulator, SimulatorConfig
 from novita_simulator.multipart import parse_form_data
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.stack]
 
 KEY = "sim-test-key"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -34,7 +34,7 @@ from test_novita_simulator import (
 from novita_simulator import NovitaSimulator, media
 from novita_simulator.media import media_id, strip_media_id
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.stack]
 
 # The simulator tests' fixtures: pytest finds fixtures by name in the test module.
 sim, client, receiver = simulator_tests.sim, simulator_tests.client, simulator_tests.receiver
