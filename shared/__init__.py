@@ -10,7 +10,8 @@
 - `google`: Google's REST APIs (Firestore, Pub/Sub, Cloud Storage) over httpx, without the SDKs.
 - `core`: configuration, timings, logs, deadlines, tokens: the standard library and pydantic only.
 
-`runtime` wires one instance's clients together; `ops` holds the operator's commands. Every
+`runtime` wires one instance's clients together; `ops` holds the operator's commands; `openapi`
+describes `create_sketch`'s HTTP API from the models it validates and answers with. Every
 `__init__` imports nothing, so that `deploy.sh` can run `shared.core.config`,
 `shared.core.tokens` and `shared.pipeline.topology` with a bare `python3`.
 """

@@ -1,13 +1,19 @@
-"""The objects one function instance keeps between requests, built once on first use."""
+"""The objects one function instance keeps between requests, each built once, on first use.
+
+A part is built (and its modules imported) only when a request needs it: a `GET ?id=` needs the store
+and recovery's look, never Novita's client; a delivery on the public door needs no step; a duplicate
+step needs no Kling. That keeps a cold start to what its first request uses.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import sys
 import threading
-from dataclasses import dataclass
-from functools import cache
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -15,34 +21,28 @@ from shared.core import logs
 from shared.core.config import ConfigError, Settings, get_settings
 from shared.google import firestore as firestore_rest
 from shared.google import pubsub as pubsub_rest
-from shared.google import storage as storage_rest
 from shared.google.api import EMULATOR_TOKEN, TIMEOUT, GoogleApi, MetadataToken, TokenSource
-from shared.media.fetch import media_client
-from shared.media.policy import default_resolver
-from shared.novita.client import NovitaClient
-from shared.pipeline.creation import Creator
-from shared.pipeline.forms import FormsInFirestore
 from shared.pipeline.queue import StepQueue
 from shared.pipeline.recovery import Recovery
 from shared.pipeline.results import Results
-from shared.pipeline.steps import Worker
-from shared.pipeline.work import Tools
 from shared.sketch.store import SketchStore
-from shared.spending.breaker import BalanceBreaker
-from shared.spending.daily import DailyCaps
-from shared.spending.idempotency import IdempotencyKeys
+
+if TYPE_CHECKING:
+    from shared.google.storage import Storage
+    from shared.novita.client import NovitaClient
+    from shared.pipeline.creation import Creator
+    from shared.pipeline.deletion import Deletion
+    from shared.pipeline.retry import Retrier
+    from shared.pipeline.steps import Worker
+    from shared.spending.breaker import BalanceBreaker
+    from shared.spending.daily import DailyCaps
+    from shared.spending.idempotency import IdempotencyKeys
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Runtime:
-    settings: Settings
-    store: SketchStore
-    queue: StepQueue
-    creator: Creator
-    worker: Worker
-    recovery: Recovery
+# An instance serves up to 32 requests at once (deploy.sh), each on its own thread: keep that many
+# connections alive, so that a burst does not open (and TLS-handshake) new ones on every call.
+POOL = httpx.Limits(max_connections=100, max_keepalive_connections=64)
 
 
 def load_settings_or_exit() -> Settings:
@@ -56,9 +56,19 @@ def load_settings_or_exit() -> Settings:
         sys.exit(f"configuration error: {exc}")
 
 
-# An instance serves up to 32 requests at once (deploy.sh), each on its own thread: keep that many
-# connections alive, so that a burst does not open (and TLS-handshake) new ones on every call.
-POOL = httpx.Limits(max_connections=100, max_keepalive_connections=64)
+# The system's directory of trusted roots, hashed by subject as Debian and Ubuntu keep it (so do
+# Cloud Run's images): OpenSSL reads only the root a handshake needs, where loading a whole bundle
+# costs about 20 ms of a cold start.
+SYSTEM_CA_DIR = "/etc/ssl/certs"
+
+
+def tls_context(ca_dir: str = SYSTEM_CA_DIR) -> ssl.SSLContext:
+    """Verifying TLS context for every client: the system's roots, else certifi's bundle."""
+    try:
+        hashed = any(entry.name.endswith(".0") for entry in os.scandir(ca_dir))
+    except OSError:
+        hashed = False
+    return ssl.create_default_context(capath=ca_dir) if hashed else httpx.create_ssl_context()
 
 
 def google_http(tls: ssl.SSLContext) -> httpx.Client:
@@ -85,61 +95,134 @@ def pubsub_client(settings: Settings, http: httpx.Client, token: TokenSource) ->
     return pubsub_rest.PubSub(api, settings.project, base_url=base_url)
 
 
-def storage_client(settings: Settings, http: httpx.Client, token: TokenSource) -> storage_rest.Storage:
+def storage_client(settings: Settings, http: httpx.Client, token: TokenSource) -> Storage:
+    from shared.google import storage as storage_rest
+
     emulator = settings.storage_emulator_host
     api = GoogleApi(http, token=EMULATOR_TOKEN if emulator else token)
     return storage_rest.Storage(api, http, base_url=emulator or storage_rest.PRODUCTION_URL)
 
 
-_building = threading.Lock()
+class Runtime:
+    """One instance's clients and services; each part is built the first time it is asked for."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._tls = tls_context()
+        self._http = google_http(self._tls)
+        self._token = google_token(settings, self._http, emulated=False)
+        self._db = firestore_client(settings, self._http, self._token)
+        self.store = SketchStore(self._db, settings.sketches_collection)
+        self.results = Results(settings, self.store)
+        secret = settings.webhook_secret.get_secret_value()
+        pubsub = pubsub_client(settings, self._http, self._token)
+        self.queue = StepQueue(pubsub, secret, settings.max_sketch_age_seconds)
+        self.recovery = Recovery(self.store, self.results, lambda: self.worker, self.queue)
+        self._lock = threading.RLock()
 
-@cache
-def _build_runtime() -> Runtime:
-    settings = get_settings()
-    # One TLS context for every client: loading the CA bundle is a noticeable part of a cold start.
-    tls = httpx.create_ssl_context()
-    http = google_http(tls)
-    token = google_token(settings, http, emulated=False)
-    db = firestore_client(settings, http, token)
-    store = SketchStore(db, settings.sketches_collection)
-    secret = settings.webhook_secret.get_secret_value()
-    queue = StepQueue(pubsub_client(settings, http, token), secret, settings.max_sketch_age_seconds)
-    storage = storage_client(settings, http, token) if settings.media_bucket else None
-    novita = NovitaClient(
-        settings,
-        transport=httpx.HTTPTransport(verify=tls, limits=POOL),
-        memory=FormsInFirestore(db, settings.sketches_collection),
-    )
-    results = Results(settings, store)
-    breaker = BalanceBreaker(db, settings.sketches_collection, settings.balance_breaker_seconds)
-    # A media host's fault that may pass fails the step, which Pub/Sub delivers again with backoff.
-    media_http = media_client(transport=httpx.HTTPTransport(verify=tls))
-    worker = Worker(
-        Tools(settings, store, results, novita, queue, breaker, media_http, storage, default_resolver)
-    )
-    creator = Creator(
-        settings,
-        store,
-        results,
-        novita,
-        queue,
-        breaker,
-        DailyCaps(
+    @cached_property
+    def novita(self) -> NovitaClient:
+        from shared.novita.client import NovitaClient
+        from shared.pipeline.forms import FormsInFirestore
+
+        with self._lock:
+            transport = httpx.HTTPTransport(verify=self._tls, limits=POOL)
+            memory = FormsInFirestore(self._db, self.settings.sketches_collection)
+            return NovitaClient(self.settings, transport=transport, memory=memory)
+
+    @cached_property
+    def breaker(self) -> BalanceBreaker:
+        from shared.spending.breaker import BalanceBreaker
+
+        return BalanceBreaker(
+            self._db, self.settings.sketches_collection, self.settings.balance_breaker_seconds
+        )
+
+    @cached_property
+    def storage(self) -> Storage | None:
+        return storage_client(self.settings, self._http, self._token) if self.settings.media_bucket else None
+
+    @cached_property
+    def worker(self) -> Worker:
+        from shared.media.fetch import media_client
+        from shared.media.policy import default_resolver
+        from shared.pipeline.steps import Worker
+        from shared.pipeline.work import Tools
+
+        with self._lock:
+            # A media host's fault that may pass fails the step, which Pub/Sub delivers again with backoff.
+            media_http = media_client(transport=httpx.HTTPTransport(verify=self._tls))
+            tools = Tools(
+                self.settings,
+                self.store,
+                self.results,
+                self.novita,
+                self.queue,
+                self.breaker,
+                media_http,
+                self.storage,
+                default_resolver,
+            )
+            return Worker(tools)
+
+    @cached_property
+    def caps(self) -> DailyCaps:
+        """One per instance: it remembers a day on which the project's cap was reached."""
+        from shared.spending.daily import DailyCaps
+
+        settings = self.settings
+        return DailyCaps(
             settings.sketches_collection,
             per_user=settings.max_sketches_per_day,
             per_guest=settings.max_guest_sketches_per_day,
             total=settings.max_sketches_per_day_total,
-        ),
-        IdempotencyKeys(db, settings.sketches_collection),
-    )
-    recovery = Recovery(store, results, worker, queue)
-    return Runtime(
-        settings=settings, store=store, queue=queue, creator=creator, worker=worker, recovery=recovery
-    )
+        )
+
+    @cached_property
+    def keys(self) -> IdempotencyKeys:
+        from shared.spending.idempotency import IdempotencyKeys
+
+        return IdempotencyKeys(self._db, self.settings.sketches_collection)
+
+    @cached_property
+    def creator(self) -> Creator:
+        from shared.pipeline.creation import Creator
+
+        with self._lock:
+            return Creator(
+                self.settings,
+                self.store,
+                self.results,
+                self.novita,
+                self.queue,
+                self.breaker,
+                self.caps,
+                self.keys,
+            )
+
+    @cached_property
+    def retrier(self) -> Retrier:
+        from shared.pipeline.retry import Retrier
+
+        with self._lock:
+            return Retrier(self._db, self.worker.tools, self.caps, self.keys)
+
+    @cached_property
+    def deletion(self) -> Deletion:
+        from shared.pipeline.deletion import Deletion
+
+        with self._lock:
+            return Deletion(self._db, self.store, self.storage, self.settings)
+
+
+_building = threading.Lock()
+_runtime: Runtime | None = None
 
 
 def get_runtime() -> Runtime:
     """The instance's runtime. A burst of first requests on its threads builds it once."""
+    global _runtime
     with _building:
-        return _build_runtime()
+        if _runtime is None:
+            _runtime = Runtime(get_settings())
+        return _runtime

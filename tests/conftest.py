@@ -1,11 +1,22 @@
-"""Fixtures: the real Firestore, Pub/Sub and Cloud Storage emulators, the Novita simulator and both
-functions served by functions-framework, all on loopback. Each stack has a Google Cloud project of
-its own, so its steps' topics and push subscriptions (made by the project's own code) are its own."""
+"""Fixtures: the real Firestore, Pub/Sub, Cloud Storage and Firebase Auth emulators, the Novita
+simulator and both functions (three processes: create_sketch, and novita_webhook's public and
+private doors) served by functions-framework, all on loopback.
+
+The emulators are shared: a run with pytest-xdist starts them once, in its controller, and every
+worker attaches to them (`SKETCH_TEST_EMULATORS`); a plain run starts them on first use. Each stack
+has a Google Cloud project of its own (per worker, too), so its documents, topics and push
+subscriptions are its own, and a simulator of its own, so that one test's faults never reach another
+stack. Stacks run as the app does: AUTH_MODE=firebase, a guest signed in on the Auth emulator.
+
+A test that needs none of this is fast: `scripts/test.sh --fast` runs those alone (`-m "not stack"`);
+every test that uses a stack, an emulator or a function process is marked `stack` here.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +27,7 @@ import httpx
 import pytest
 from google.cloud import firestore
 
+from devstack.auth import AuthEmulator, Guest
 from devstack.emulator import FirestoreEmulator
 from devstack.functions import FunctionServer
 from devstack.processes import free_port
@@ -38,8 +50,26 @@ API_KEY = "test-novita-key"
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"
 LOG_DIR = Path(os.environ.get("TEST_LOG_DIR", "/tmp/sketch-machine-test-logs"))
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-# Figures the fault suite measures, printed at the end of the run.
-FIGURES: list[tuple[str, str, str]] = []
+# The shared emulators' addresses, for pytest-xdist's workers; and where figures are gathered.
+SHARED_EMULATORS = "SKETCH_TEST_EMULATORS"
+FIGURES_DIR = "SKETCH_TEST_FIGURES"
+# The pytest-xdist worker this process is ("gw0", ...), or "main": names its stacks' projects.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+# Fixtures whose tests need an emulator, the simulator or a function process: `stack` marks them.
+STACK_FIXTURES = {
+    "emulators",
+    "emulator",
+    "pubsub",
+    "storage",
+    "auth",
+    "stack_factory",
+    "default_stack",
+    "stack",
+    "reference_stack",
+    "either_stack",
+    "quick_recovery_stack",
+    "recovery_stack",
+}
 
 
 def firestore_error(http_status: int, status: str) -> httpx.Response:
@@ -65,46 +95,134 @@ class Scripted:
 
 
 def record_figure(scenario: str, figure: str, value: object) -> None:
-    FIGURES.append((scenario, figure, str(value)))
+    """A figure printed at the end of the run (from every worker: each line goes to a shared file)."""
+    line = json.dumps([scenario, figure, str(value)])
+    folder = Path(os.environ.get(FIGURES_DIR) or LOG_DIR / f"figures-{os.getpid()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{WORKER}-{os.getpid()}.jsonl").open("a", encoding="utf-8") as out:
+        out.write(line + "\n")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stack: needs an emulator, the simulator or a function process")
+    if hasattr(config, "workerinput"):
+        return  # a worker: its controller started what is shared
+    figures = LOG_DIR / f"figures-{os.getpid()}"
+    shutil.rmtree(figures, ignore_errors=True)
+    os.environ[FIGURES_DIR] = str(figures)
+    if config.getoption("numprocesses", default=None):
+        # Started once for every worker; stopped when the run ends.
+        emulators = Emulators.start(LOG_DIR)
+        config.stash[_emulators_key] = emulators
+        os.environ[SHARED_EMULATORS] = json.dumps(emulators.addresses())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    emulators = config.stash.get(_emulators_key, None)
+    if emulators is not None:
+        emulators.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES:
+    folder = Path(os.environ.get(FIGURES_DIR, LOG_DIR / "none"))
+    figures = [
+        tuple(json.loads(line))
+        for file in sorted(folder.glob("*.jsonl"))
+        for line in file.read_text().splitlines()
+    ]
+    if not figures:
         return
-    terminalreporter.section("fault suite figures")
-    width = max(len(f"{s}: {f}") for s, f, _ in FIGURES)
-    for scenario, figure, value in FIGURES:
+    terminalreporter.section("figures")
+    width = max(len(f"{s}: {f}") for s, f, _ in figures)
+    for scenario, figure, value in sorted(figures, key=lambda row: row[0]):
         terminalreporter.write_line(f"{f'{scenario}: {figure}':<{width}}  {value}")
 
 
+class Emulators:
+    """The Firestore, Pub/Sub, Cloud Storage and Firebase Auth emulators every stack shares: started
+    here, or attached to by their addresses (a pytest-xdist worker's, its controller started them)."""
+
+    def __init__(
+        self,
+        firestore: FirestoreEmulator,
+        pubsub: PubSubEmulator,
+        storage: StorageEmulator,
+        auth: AuthEmulator,
+    ) -> None:
+        self.firestore, self.pubsub, self.storage, self.auth = firestore, pubsub, storage, auth
+
+    @classmethod
+    def start(cls, log_dir: Path) -> Emulators:
+        return cls(
+            FirestoreEmulator(log_dir / "firestore-emulator.log").start(),
+            PubSubEmulator(log_dir / "pubsub-emulator.log").start(),
+            StorageEmulator(log_dir / "storage-emulator.log", BUCKET).start(),
+            AuthEmulator(log_dir / "auth-emulator.log", PROJECT).start(),
+        )
+
+    @classmethod
+    def attach(cls, addresses: dict[str, int]) -> Emulators:
+        log = LOG_DIR / "attached.log"
+        return cls(
+            FirestoreEmulator(log, port=addresses["firestore"]),
+            PubSubEmulator(log, port=addresses["pubsub"]),
+            StorageEmulator(log, BUCKET, port=addresses["storage"]),
+            AuthEmulator(log, PROJECT, port=addresses["auth"]),
+        )
+
+    def addresses(self) -> dict[str, int]:
+        return {
+            "firestore": self.firestore.port,
+            "pubsub": self.pubsub.port,
+            "storage": self.storage.port,
+            "auth": self.auth.port,
+        }
+
+    def stop(self) -> None:
+        for emulator in (self.auth, self.storage, self.pubsub, self.firestore):
+            emulator.stop()
+
+
+_emulators_key = pytest.StashKey[Emulators]()
+
+
 @pytest.fixture(scope="session")
-def emulator() -> Iterator[FirestoreEmulator]:
-    emu = FirestoreEmulator(LOG_DIR / "firestore-emulator.log").start()
-    os.environ["FIRESTORE_EMULATOR_HOST"] = emu.host
+def emulators() -> Iterator[Emulators]:
+    shared = os.environ.get(SHARED_EMULATORS)
+    started = None if shared else Emulators.start(LOG_DIR)
+    found = started or Emulators.attach(json.loads(shared or "{}"))
+    # The Firestore SDK the tests read with (the functions speak REST) finds the emulator here.
+    os.environ["FIRESTORE_EMULATOR_HOST"] = found.firestore.host
     os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
-    yield emu
-    emu.stop()
+    yield found
+    if started is not None:
+        started.stop()
 
 
 @pytest.fixture(scope="session")
-def pubsub() -> Iterator[PubSubEmulator]:
-    emu = PubSubEmulator(LOG_DIR / "pubsub-emulator.log").start()
-    yield emu
-    emu.stop()
+def emulator(emulators: Emulators) -> FirestoreEmulator:
+    return emulators.firestore
 
 
 @pytest.fixture(scope="session")
-def storage() -> Iterator[StorageEmulator]:
-    emu = StorageEmulator(LOG_DIR / "storage-emulator.log", BUCKET).start()
-    yield emu
-    emu.stop()
+def pubsub(emulators: Emulators) -> PubSubEmulator:
+    return emulators.pubsub
 
 
 @pytest.fixture(scope="session")
-def simulator() -> Iterator[NovitaSimulator]:
-    sim = NovitaSimulator(api_key=API_KEY, host="127.0.0.1", port=0, config=fast_simulator_config()).start()
-    yield sim
-    sim.stop()
+def storage(emulators: Emulators) -> StorageEmulator:
+    return emulators.storage
+
+
+@pytest.fixture(scope="session")
+def auth(emulators: Emulators) -> AuthEmulator:
+    return emulators.auth
 
 
 def fast_simulator_config(**changes: Any) -> SimulatorConfig:
@@ -114,14 +232,13 @@ def fast_simulator_config(**changes: Any) -> SimulatorConfig:
 
 
 class Stack:
-    """Both functions as real processes, wired to the emulators and the simulator."""
+    """Both functions as real processes, wired to the emulators and a simulator of their own, and
+    called as the app calls them: by a guest signed in on the Auth emulator (`http` carries the
+    guest's ID token; with AUTH_MODE=none, nobody's)."""
 
     def __init__(
         self,
-        emulator: FirestoreEmulator,
-        pubsub: PubSubEmulator,
-        storage: StorageEmulator,
-        simulator: NovitaSimulator,
+        emulators: Emulators,
         env: dict[str, str],
         name: str,
         personality: str = "guide",
@@ -129,53 +246,65 @@ class Stack:
     ) -> None:
         self.personality = personality
         self.sweep_every = sweep_every
-        self.emulator = emulator
-        self.pubsub = pubsub
-        self.storage = storage
-        self.simulator = simulator
-        self.project = f"sketch-test-{name}"
+        self.emulator = emulators.firestore
+        self.pubsub = emulators.pubsub
+        self.storage = emulators.storage
+        self.auth = emulators.auth
+        self.simulator = NovitaSimulator(
+            api_key=API_KEY, config=fast_simulator_config(personality=personality)
+        )
+        self.project = f"sketch-test-{name}-{WORKER}"
         webhook_port = free_port()
         self.env = {
             "NOVITA_API_KEY": API_KEY,
-            "NOVITA_BASE_URL": simulator.base_url,
+            "NOVITA_BASE_URL": self.simulator.base_url,
             "WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/",
             "WEBHOOK_SECRET": WEBHOOK_SECRET,
             "GOOGLE_CLOUD_PROJECT": self.project,
             "FIREBASE_PROJECT_ID": PROJECT,
-            "FIRESTORE_EMULATOR_HOST": emulator.host,
-            "PUBSUB_EMULATOR_HOST": pubsub.host,
-            "STORAGE_EMULATOR_HOST": storage.url,
+            "FIRESTORE_EMULATOR_HOST": self.emulator.host,
+            "PUBSUB_EMULATOR_HOST": self.pubsub.host,
+            "STORAGE_EMULATOR_HOST": self.storage.url,
+            "FIREBASE_AUTH_EMULATOR_HOST": self.auth.host,
             "MEDIA_BUCKET": BUCKET,
             "MEDIA_URL_POLICY": "any",
-            "AUTH_MODE": "none",
+            "AUTH_MODE": "firebase",
             "CORS_ALLOWED_ORIGINS": "*",
+            # One guest makes every sketch of a test, storms included.
+            "MAX_GUEST_SKETCHES_PER_DAY": "10000",
+            "MAX_SKETCHES_PER_DAY": "10000",
+            "MAX_SKETCHES_PER_DAY_TOTAL": "100000",
+            "MAX_SKETCHES_IN_PROGRESS": "100",
             **env,
         }
+        logs = LOG_DIR / WORKER
         self.webhook = FunctionServer(
             "novita_webhook",
             {**self.env, "WEBHOOK_DOOR": "public"},
-            LOG_DIR / f"{name}-novita_webhook.log",
+            logs / f"{name}-novita_webhook.log",
             port=webhook_port,
         )
         self.steps = FunctionServer(
             "novita_webhook",
             {**self.env, "WEBHOOK_DOOR": "private"},
-            LOG_DIR / f"{name}-novita_webhook-steps.log",
+            logs / f"{name}-novita_webhook-steps.log",
             label="novita_webhook (private)",
         )
-        self.create = FunctionServer("create_sketch", self.env, LOG_DIR / f"{name}-create_sketch.log")
+        self.create = FunctionServer("create_sketch", self.env, logs / f"{name}-create_sketch.log")
         for server in self.servers:
             server.log_path.unlink(missing_ok=True)  # this run's lines only
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
         self.restarted: list[str] = []
         self.db = firestore.Client(project=self.project)
         self.collection = self.env.get("SKETCHES_COLLECTION", "sketches")
+        self.guest: Guest | None = None
 
     @property
     def servers(self) -> tuple[FunctionServer, FunctionServer, FunctionServer]:
         return self.webhook, self.steps, self.create
 
     def start(self) -> Stack:
+        self.simulator.start()
         self.pubsub.create_topology(self.project, self.steps.url)
         for server in self.servers:
             server.start()
@@ -199,19 +328,22 @@ class Stack:
                 scheduler.stop()
 
     def clean(self) -> Stack:
-        """An empty Firestore, no step left in the queue, and a simulator back at its fast
-        defaults, with nothing in flight."""
+        """An empty Firestore, no step left in the queue, a simulator back at its fast defaults with
+        nothing in flight, and a new guest (no sketch of the last test counts against them)."""
         self.simulator.wait_idle(10)
         self.simulator.reset()
-        self.simulator.configure(**fast_simulator_config(personality=self.personality).model_dump())
         self.pubsub.purge(self.project, SUBSCRIPTION, DEAD_LETTER_SUBSCRIPTION)
         self.emulator.reset(self.project)
+        if self.env["AUTH_MODE"] == "firebase" and self.env["FIREBASE_AUTH_EMULATOR_HOST"]:
+            self.guest = self.auth.sign_in_guest()
+            self.http.headers["Authorization"] = f"Bearer {self.guest.id_token}"
         return self
 
     def stop(self) -> None:
         self.supervisor.stop()
         for server in self.servers:
             server.stop()
+        self.simulator.stop()
         self.http.close()
 
     # ------------------------------------------------------------------------------ helpers
@@ -316,9 +448,7 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack_factory(
-    emulator: FirestoreEmulator, pubsub: PubSubEmulator, storage: StorageEmulator, simulator: NovitaSimulator
-) -> Iterator[Callable[..., Stack]]:
+def stack_factory(emulators: Emulators) -> Iterator[Callable[..., Stack]]:
     started: list[Stack] = []
 
     def make(
@@ -326,7 +456,7 @@ def stack_factory(
     ) -> Stack:
         """Both functions started with `env`, on a clean emulator and a simulator with `personality`;
         with `sweep_every`, the recovery sweep runs on that schedule, as Cloud Scheduler runs it."""
-        stack = Stack(emulator, pubsub, storage, simulator, env, name, personality, sweep_every).start()
+        stack = Stack(emulators, env, name, personality, sweep_every).start()
         started.append(stack)
         return stack.clean()
 

@@ -28,7 +28,7 @@ from devstack.emulator import FirestoreEmulator
 from devstack.functions import FunctionServer
 from devstack.processes import LOOPBACK
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.stack]
 
 PROJECT = "demo-auth-emulator-test"
 

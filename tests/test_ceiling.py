@@ -29,6 +29,7 @@ def capped(stack_factory: Callable[..., Stack], certs: CertServer) -> Stack:
         "ceiling",
         AUTH_MODE="firebase",
         FIREBASE_CERTS_URL=certs.url,
+        FIREBASE_AUTH_EMULATOR_HOST="",
         MAX_SKETCHES_PER_DAY_TOTAL=str(CAP),
         MAX_SKETCHES_PER_DAY="10",
         MAX_GUEST_SKETCHES_PER_DAY="2",

@@ -59,7 +59,7 @@ PUBSUB_AGENT = f"service-{PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
 BUCKET = f"{PROJECT}-sketch-media"
 ANNOTATION = '--format=value(metadata.annotations."run.googleapis.com/invoker-iam-disabled")'
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.stack]
 
 
 def empty_cloud() -> dict[str, Any]:

@@ -139,7 +139,8 @@ def test_an_options_while_the_step_route_drips_on_the_public_door_is_answered_at
     record_figure(
         "doors",
         "32 drip-fed bodies on the public door's step route: answered / OPTIONS answered in",
-        f"{answers.count(b'HTTP/1.1 404 NOT FOUND')} x 404 in {drip_time:.2f} s / {preflight_time * 1000:.0f} ms",
+        f"{answers.count(b'HTTP/1.1 404 NOT FOUND')} x 404 in {drip_time:.2f} s"
+        f" / {preflight_time * 1000:.0f} ms",
     )
     assert answers == [b"HTTP/1.1 404 NOT FOUND"] * 32 and drip_time < 5
     assert preflight.status_code == 204 and preflight_time < 1

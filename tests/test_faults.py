@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from conftest import WEBHOOK_SECRET, Stack, record_figure
+from conftest import LOG_DIR, WEBHOOK_SECRET, WORKER, Emulators, Stack, record_figure
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.core.tokens import sketch_token
 from shared.media.policy import MediaRejected, check_media_url
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.stack]
 FINAL = ("complete", "failed")
 QUICK_RECOVERY = {
     "RECOVERY_INTERVAL_SECONDS": "0.5",
@@ -32,16 +32,24 @@ QUICK_RECOVERY = {
 
 
 @pytest.fixture(scope="module")
-def reference_recovery_stack(stack_factory: Callable[..., Stack]) -> Stack:
-    return stack_factory("recovery-reference", personality="reference", **QUICK_RECOVERY)
+def outage_stacks() -> Iterator[dict[str, Stack]]:
+    """A stack under each personality whose recovery runs on a short clock, on emulators of their
+    own: the outages stop and restart them, which no other test may see."""
+    emulators = Emulators.start(LOG_DIR / WORKER / "outage")
+    stacks = {
+        personality: Stack(emulators, QUICK_RECOVERY, f"outage-{personality}", personality).start()
+        for personality in ("guide", "reference")
+    }
+    yield stacks
+    for stack in stacks.values():
+        stack.stop()
+    emulators.stop()
 
 
 @pytest.fixture(params=["guide", "reference"])
-def outage_stack(
-    request: pytest.FixtureRequest, quick_recovery_stack: Stack, reference_recovery_stack: Stack
-) -> Iterator[Stack]:
+def outage_stack(request: pytest.FixtureRequest, outage_stacks: dict[str, Stack]) -> Iterator[Stack]:
     """A stack whose recovery runs on a short clock, under each personality."""
-    chosen = quick_recovery_stack if request.param == "guide" else reference_recovery_stack
+    chosen = outage_stacks[request.param]
     yield chosen.clean()
     chosen.simulator.wait_idle(10)
 

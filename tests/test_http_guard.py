@@ -22,6 +22,9 @@ from devstack.functions import ROOT, FunctionServer
 from devstack.processes import LOOPBACK, free_port
 from shared.edge.answers import InvalidJson, UnsupportedMediaType, parse_json, require_json_content_type
 
+# Real functions under gunicorn, one process each.
+pytestmark = pytest.mark.stack
+
 FIXTURE = ROOT / "tests" / "fixtures" / "guarded_function" / "main.py"
 THREADS = 4
 READ_TIMEOUT = 1.5

@@ -24,7 +24,7 @@ from devstack.auth import sign_in_guest
 from devstack.functions import ROOT
 from novita_simulator import NovitaSimulator, SimulatorConfig
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.stack]
 
 
 def descendants(pid: int) -> set[int]:

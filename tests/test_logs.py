@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import API_KEY, LOG_DIR, PROJECT, WEBHOOK_SECRET, Stack
+from conftest import API_KEY, PROJECT, WEBHOOK_SECRET, Stack
 
 from shared.core import logs
 from shared.core.tokens import sweep_token
@@ -152,8 +152,8 @@ def test_a_whole_sketch_logs_json_lines_with_its_status_changes_and_no_secrets(s
     assert response.status_code == 202
     sketch_id = response.json()["id"]
     done = stack.wait_for_status(sketch_id, "complete")
-    create_log = LOG_DIR / "default-create_sketch.log"
-    webhook_logs = [LOG_DIR / "default-novita_webhook.log", LOG_DIR / "default-novita_webhook-steps.log"]
+    create_log = stack.create.log_path
+    webhook_logs = [stack.webhook.log_path, stack.steps.log_path]
 
     # The processes write unbuffered, but the last line may follow the Firestore write by a moment.
     deadline = time.monotonic() + 5

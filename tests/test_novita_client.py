@@ -21,13 +21,8 @@ from novita_simulator import NovitaSimulator, SimulatorConfig
 from shared.core.config import settings_from
 from shared.core.deadline import Deadline
 from shared.media.still import Still, inspect_still
-from shared.novita.client import (
-    MIN_POST_SECONDS,
-    NovitaClient,
-    NovitaOutcomeUnknown,
-    NovitaRejected,
-    NovitaUnavailable,
-)
+from shared.novita.client import MIN_POST_SECONDS, NovitaClient
+from shared.novita.errors import NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
 from tests.conftest import Scripted
 
 ENV = {
@@ -286,14 +281,22 @@ def test_a_refused_remembered_form_moves_back_to_the_other_once() -> None:
     assert client.form("image_to_video") == "guide"
 
 
-def test_when_both_forms_are_refused_the_second_refusal_is_raised_and_nothing_is_remembered() -> None:
-    script = Scripted(error(400, "INVALID_REQUEST_BODY", "multipart"), error(422, None, "json"))
+def test_when_both_forms_are_refused_both_refusals_are_told_and_nothing_is_remembered() -> None:
+    """Which refusal was about the still and which about the form is not known (a still Novita could
+    not download is a 400 too), so the reason a sketch fails with names both."""
+    script = Scripted(
+        error(400, "INVALID_REQUEST_BODY", "image: could not download the still: HTTP 403"),
+        error(422, None, "Content-Type must be application/json"),
+    )
     client, _ = client_for(script)
 
     with pytest.raises(NovitaRejected) as caught:
         start_video(client)
 
-    assert (caught.value.status_code, caught.value.message) == (422, "json")
+    assert caught.value.status_code == 422 and caught.value.message == (
+        "Content-Type must be application/json (the guide form before it: Novita 400 "
+        "INVALID_REQUEST_BODY: image: could not download the still: HTTP 403)"
+    )
     assert len(script.requests) == 2
     assert client.form("image_to_video") == "guide"
 

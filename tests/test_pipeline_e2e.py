@@ -102,8 +102,13 @@ def test_the_delivery_is_answered_at_once_and_the_work_follows_from_the_queue(st
     assert max(d["elapsed_ms"] for d in deliveries) < 500
     # One check per task is handed on; its copies find it claimed, or the sketch moved on.
     queued = stack.log_lines("delivery queued", sketch["id"])
-    assert len(queued) == 2 and {line["task_id"] for line in queued} == {done.image_task_id, done.video_task_id}
-    answered = [line for line in stack.log_lines("delivery ", sketch["id"]) if line["message"] != "delivery queued"]
+    assert len(queued) == 2 and {line["task_id"] for line in queued} == {
+        done.image_task_id,
+        done.video_task_id,
+    }
+    answered = [
+        line for line in stack.log_lines("delivery ", sketch["id"]) if line["message"] != "delivery queued"
+    ]
     assert len(queued) + len(answered) == len(deliveries)
     assert stack.tasks_created("kling") == 1
 
@@ -492,7 +497,9 @@ def test_unfinished_status_changes_nothing_final(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("action", ["step", "dead_letter", "sweep", "anything"])
-def test_the_public_door_answers_google_actions_404_without_reading_the_body(stack: Stack, action: str) -> None:
+def test_the_public_door_answers_google_actions_404_without_reading_the_body(
+    stack: Stack, action: str
+) -> None:
     """Steps, dead letters and the sweep are the private door's: on the public one, a request that
     names an action is refused before a byte of its body is read, however slowly that body comes."""
     with socket.create_connection(("127.0.0.1", stack.webhook.port), timeout=5) as sock:
@@ -504,7 +511,10 @@ def test_the_public_door_answers_google_actions_404_without_reading_the_body(sta
         answer = sock.recv(4096).decode()
     assert answer.startswith("HTTP/1.1 404") and time.monotonic() - started < 2
     assert "connection: close" in answer.lower()
-    assert stack.http.post(stack.steps.url, params={"sketch": "0" * 32, "stage": "image"}, json={}).status_code == 404
+    assert (
+        stack.http.post(stack.steps.url, params={"sketch": "0" * 32, "stage": "image"}, json={}).status_code
+        == 404
+    )
 
 
 def test_webhook_answers_options_and_refuses_other_methods(stack: Stack) -> None:

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from devstack.stack import LocalStack, local_stack
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.stack]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]

@@ -214,7 +214,8 @@ def test_a_bad_gallery_request_is_400(stack: Stack, params: dict[str, str]) -> N
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_field"
 
 
-def test_without_sign_in_the_gallery_is_every_sketch(stack: Stack) -> None:
+def test_without_sign_in_the_gallery_is_every_sketch(stack_factory: Callable[..., Stack]) -> None:
+    stack = stack_factory("open", AUTH_MODE="none")
     ids = [stack.create_sketch(prompt=f"open gallery {i}")["id"] for i in range(3)]
     answer = stack.http.get(stack.create.url)
     assert [s["id"] for s in answer.json()["sketches"]] == ids[::-1] and answer.json()[

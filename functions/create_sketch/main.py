@@ -1,5 +1,9 @@
-"""`create_sketch`: the HTTP API the frontend calls to start a sketch, read it back, and list a
-user's sketches."""
+"""`create_sketch`: the HTTP API the frontend calls to start a sketch, retry or delete it, read it
+back, and list a user's sketches; `GET ?openapi` describes it (`shared/openapi.py`).
+
+Every answer is built from the models the OpenAPI document is generated from (`PublicSketch`,
+`SketchPage`, `ErrorAnswer`): what is sent is what is described.
+"""
 
 from __future__ import annotations
 
@@ -7,47 +11,51 @@ import logging
 import math
 from datetime import datetime
 from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import flask
 import functions_framework
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.core import logs
 from shared.edge.answers import (
     UnsupportedMediaType,
-    error_response,
-    internal_error,
     json_response,
-    method_not_allowed,
     parse_json,
     require_json_content_type,
 )
-from shared.edge.appcheck import HEADER as APP_CHECK_HEADER
-from shared.edge.appcheck import AppCheck, AppCheckFailed
 from shared.edge.callers import AuthError, Caller, KeysUnavailable, authenticate
 from shared.edge.cors import cors_headers, preflight
 from shared.edge.guard import install as install_body_guard
-from shared.pipeline.creation import StartFailed, TooManySketches, answer_for
 from shared.runtime import get_runtime, load_settings_or_exit
 from shared.sketch import gallery
-from shared.sketch.model import Sketch, is_sketch_id, utcnow
-from shared.sketch.request import CreateSketchRequest
+from shared.sketch.errors import ErrorAnswer
+from shared.sketch.model import Sketch, SketchPage, is_sketch_id, utcnow
 from shared.sketch.store import StoreUnavailable
 from shared.spending.breaker import BalanceExhausted
 from shared.spending.daily import DailyLimitReached
-from shared.spending.idempotency import Answer, KeyInUse, KeyReused, valid_key
+from shared.spending.idempotency import Answer, KeyInUse, KeyReused, SketchGone, valid_key
 
+if TYPE_CHECKING:
+    from shared.edge.appcheck import AppCheck
+    from shared.pipeline.creation import TooManySketches
+
+# What only one path needs is imported on that path (a create, a retry, App Check, the document),
+# so that a cold start pays for what its first request uses.
 log = logging.getLogger("create_sketch")
 settings = load_settings_or_exit()
 
 MAX_BODY_BYTES = 64 * 1024
 # Under the function: hostile bodies cost neither memory, threads, 5xx answers nor ERROR lines.
-METHODS = "GET, POST, OPTIONS"
+METHODS = "GET, POST, DELETE, OPTIONS"
 install_body_guard(
     flask.current_app, limit=MAX_BODY_BYTES, origins=settings.cors_allowed_origins, methods=METHODS
 )
 # Enough of a value echoed back in an error to recognise it.
 ECHO = 64
+# What a retry may carry as its body: nothing, or an empty JSON object.
+EMPTY_BODIES = (b"", b"{}")
+GONE = "the sketch this Idempotency-Key made has been deleted"
 
 
 @functions_framework.http
@@ -56,8 +64,13 @@ def create_sketch(request: flask.Request) -> flask.Response:
     if request.method == "OPTIONS":
         return preflight(request, settings.cors_allowed_origins, METHODS)
     cors = cors_headers(request, settings.cors_allowed_origins, METHODS)
-    if request.method not in ("GET", "POST"):
-        return method_not_allowed(METHODS, cors)
+    if request.method not in ("GET", "POST", "DELETE"):
+        return _error(405, "method_not_allowed", f"use {METHODS}", {"Allow": METHODS, **cors})
+    if request.method == "GET" and "openapi" in request.args:
+        # The API's description is public: no token is needed to read it.
+        response = _openapi()
+        response.headers.update(cors)
+        return response
     refused = _app_check(request)
     if refused is not None:
         refused.headers.update(cors)
@@ -65,22 +78,26 @@ def create_sketch(request: flask.Request) -> flask.Response:
     try:
         caller = authenticate(request, settings)
     except KeysUnavailable as exc:
-        return error_response(503, "auth_unavailable", str(exc), cors)
+        return _error(503, "auth_unavailable", str(exc), cors)
     except AuthError as exc:
-        return error_response(401, "unauthenticated", str(exc), cors)
+        return _error(401, "unauthenticated", str(exc), cors)
     try:
         if request.method == "GET":
             response = (
                 _get(request, caller.user_id) if "id" in request.args else _list(request, caller.user_id)
             )
+        elif request.method == "DELETE":
+            response = _delete(request, caller.user_id)
+        elif "id" in request.args or "action" in request.args:
+            response = _retry(request, caller)
         else:
             response = _post(request, caller)
     except StoreUnavailable as exc:
         log.warning("Firestore unavailable: %s", exc)
-        response = error_response(503, "store_unavailable", "the sketch store is unavailable; try again")
+        response = _error(503, "store_unavailable", "the sketch store is unavailable; try again")
     except Exception:
         log.exception("unexpected error")
-        response = internal_error()
+        response = _error(500, "internal", "an unexpected error occurred; it has been logged")
     response.headers.update(cors)
     return response
 
@@ -90,38 +107,70 @@ def _app_check(request: flask.Request) -> flask.Response | None:
     With APP_CHECK=monitor, what enforce would refuse is logged and let through."""
     if settings.app_check == "off":
         return None
+    from shared.edge.appcheck import HEADER, AppCheckFailed
+
     try:
-        _app_checker().verify(request.headers.get(APP_CHECK_HEADER))
+        _app_checker().verify(request.headers.get(HEADER))
     except AppCheckFailed as exc:
         if settings.app_check == "monitor":
             log.warning("App Check would refuse this call: %s", exc)
             return None
         log.info("App Check refused the call: %s", exc)
-        return error_response(401, "app_check_failed", str(exc))
+        return _error(401, "app_check_failed", str(exc))
     return None
 
 
 @cache
 def _app_checker() -> AppCheck:
+    from shared.edge.appcheck import AppCheck
+
     assert settings.firebase_project_number is not None  # configuration refuses App Check without it
     return AppCheck(settings.firebase_project_number, settings.app_check_jwks_url)
 
 
-def _get(request: flask.Request, user_id: str | None) -> flask.Response:
+def _openapi() -> flask.Response:
+    from shared.openapi import document_text
+
+    return flask.Response(document_text(), status=200, headers={"Content-Type": "application/json"})
+
+
+# ------------------------------------------------------------------------------------------ reads
+
+
+def _sketch_id(request: flask.Request) -> str | flask.Response:
+    """The `id` query parameter, or the answer refusing its absence."""
     sketch_id = request.args.get("id", "").strip()
     if not sketch_id:
-        return error_response(400, "invalid_field", "id: query parameter is required", field="id")
-    runtime = get_runtime()
-    sketch = runtime.store.get(sketch_id) if is_sketch_id(sketch_id) else None
+        return _error(400, "invalid_field", "id: query parameter is required", field="id")
+    return sketch_id
+
+
+def _own_sketch(sketch_id: str, user_id: str | None) -> Sketch | None:
+    """The sketch, if it is there and the caller's (anyone's with AUTH_MODE=none)."""
+    sketch = get_runtime().store.get(sketch_id) if is_sketch_id(sketch_id) else None
     if sketch is None or (user_id is not None and sketch.user_id != user_id):
-        return error_response(404, "not_found", f"no sketch with id {sketch_id[:ECHO]!r}")
-    return json_response(200, runtime.recovery.refresh(sketch).to_json())
+        return None
+    return sketch
+
+
+def _not_found(sketch_id: str) -> flask.Response:
+    return _error(404, "not_found", f"no sketch with id {sketch_id[:ECHO]!r}")
+
+
+def _get(request: flask.Request, user_id: str | None) -> flask.Response:
+    sketch_id = _sketch_id(request)
+    if isinstance(sketch_id, flask.Response):
+        return sketch_id
+    sketch = _own_sketch(sketch_id, user_id)
+    if sketch is None:
+        return _not_found(sketch_id)
+    return _model(200, get_runtime().recovery.refresh(sketch).public())
 
 
 def _list(request: flask.Request, user_id: str | None) -> flask.Response:
     raw_limit = request.args.get("limit", str(gallery.DEFAULT_LIMIT))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= gallery.MAX_LIMIT:
-        return error_response(
+        return _error(
             400,
             "invalid_field",
             f"limit: must be a whole number from 1 to {gallery.MAX_LIMIT}",
@@ -132,76 +181,165 @@ def _list(request: flask.Request, user_id: str | None) -> flask.Response:
             get_runtime().store, user_id, int(raw_limit), request.args.get("page_token") or None
         )
     except gallery.InvalidPageToken as exc:
-        return error_response(400, "invalid_field", f"page_token: {exc}", field="page_token")
-    return json_response(200, {"sketches": [s.to_json() for s in sketches], "next_page_token": next_token})
+        return _error(400, "invalid_field", f"page_token: {exc}", field="page_token")
+    return _model(200, SketchPage(sketches=[s.public() for s in sketches], next_page_token=next_token))
 
 
-def _post(request: flask.Request, caller: Caller) -> flask.Response:
+# ----------------------------------------------------------------------------------------- writes
+
+
+def _idempotency_key(request: flask.Request) -> str | None | flask.Response:
+    """The `Idempotency-Key` header (None without one), or the answer refusing it."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not valid_key(key):
-        return error_response(
+        return _error(
             400,
             "invalid_header",
             "Idempotency-Key: must be 1 to 255 printable ASCII characters",
             field="Idempotency-Key",
         )
+    return key
+
+
+def _post(request: flask.Request, caller: Caller) -> flask.Response:
+    from shared.pipeline.creation import StartFailed, TooManySketches, answer_for
+    from shared.sketch.request import CreateSketchRequest
+
+    key = _idempotency_key(request)
+    if isinstance(key, flask.Response):
+        return key
     try:
         require_json_content_type(request)
         body = parse_json(request.get_data())
     except UnsupportedMediaType as exc:
-        return error_response(415, "unsupported_media_type", str(exc))
+        return _error(415, "unsupported_media_type", str(exc))
     except ValueError as exc:
-        return error_response(400, "invalid_json", str(exc))
+        return _error(400, "invalid_json", str(exc))
     if not isinstance(body, dict):
-        return error_response(400, "invalid_json", "the body must be a JSON object")
+        return _error(400, "invalid_json", "the body must be a JSON object")
     try:
         create = CreateSketchRequest.model_validate(body)
     except ValidationError as exc:
         return _validation_error(exc)
     try:
         created = get_runtime().creator.create(create, body, caller, key)
-    except BalanceExhausted as exc:
-        return error_response(
-            503,
-            "novita_balance",
-            "new sketches are paused: Novita's balance is not enough",
-            _retry_after(exc.until),
-        )
-    except DailyLimitReached as exc:
+    except (BalanceExhausted, DailyLimitReached, TooManySketches, KeyInUse, KeyReused) as exc:
+        return _refused(exc)
+    except StartFailed as failure:
+        return _answer(failure.sketch, answer_for(failure), replayed=False)
+    except SketchGone:
+        return _error(404, "not_found", GONE)
+    return _answer(created.sketch, created.answer, replayed=created.replayed)
+
+
+def _retry(request: flask.Request, caller: Caller) -> flask.Response:
+    """`POST ?id=<id>&action=retry`: start the caller's failed sketch again from its kept still."""
+    from shared.pipeline.creation import TooManySketches
+    from shared.pipeline.retry import NotRetryable, SketchNotFound
+
+    if request.args.get("action") != "retry":
+        return _error(400, "invalid_field", "action: must be retry (with id)", field="action")
+    sketch_id = _sketch_id(request)
+    if isinstance(sketch_id, flask.Response):
+        return sketch_id
+    key = _idempotency_key(request)
+    if isinstance(key, flask.Response):
+        return key
+    raw = request.get_data()
+    if raw.strip() not in EMPTY_BODIES:
+        return _error(400, "invalid_field", "body: a retry takes no body (or {})", field="body")
+    if not is_sketch_id(sketch_id):
+        return _not_found(sketch_id)
+    try:
+        retried = get_runtime().retrier.retry(sketch_id, caller, key)
+    except (BalanceExhausted, DailyLimitReached, TooManySketches, KeyInUse, KeyReused) as exc:
+        return _refused(exc)
+    except SketchNotFound:
+        return _not_found(sketch_id)
+    except SketchGone:
+        return _error(404, "not_found", GONE)
+    except NotRetryable as exc:
+        return _error(409, "not_retryable", str(exc), reason=exc.reason)
+    return _answer(retried.sketch, retried.answer, replayed=retried.replayed)
+
+
+def _delete(request: flask.Request, user_id: str | None) -> flask.Response:
+    """`DELETE ?id=<id>`: the caller's sketch, its media then its document; 204."""
+    from shared.pipeline.deletion import MediaNotRemoved
+
+    sketch_id = _sketch_id(request)
+    if isinstance(sketch_id, flask.Response):
+        return sketch_id
+    sketch = _own_sketch(sketch_id, user_id)
+    if sketch is None:
+        return _not_found(sketch_id)
+    try:
+        get_runtime().deletion.delete(sketch)
+    except MediaNotRemoved as exc:
+        log.warning("a deletion did not finish: %s", exc)
+        return _error(503, "storage_unavailable", "the sketch's media could not be removed; try again")
+    deleted = flask.Response(status=204)
+    del deleted.headers["Content-Type"]  # no body
+    return deleted
+
+
+# ---------------------------------------------------------------------------------------- answers
+
+
+def _model(status: int, body: BaseModel, headers: dict[str, str] | None = None) -> flask.Response:
+    """An answer built from one of the API's models (a sketch's `user_id` only when it has one)."""
+    return json_response(status, body.model_dump(mode="json", exclude_unset=True), headers)
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
+) -> flask.Response:
+    """`{"error": {"code", "message", ...}}`, held to ErrorAnswer (a code it does not know is a bug)."""
+    body = ErrorAnswer.model_validate({"error": {"code": code, "message": message, **details}})
+    return _model(status, body, headers)
+
+
+def _refused(
+    exc: BalanceExhausted | DailyLimitReached | TooManySketches | KeyInUse | KeyReused,
+) -> flask.Response:
+    """The answer to a create or a retry that the spending guards or its key refused; nothing was
+    written."""
+    from shared.pipeline.creation import TooManySketches
+
+    if isinstance(exc, BalanceExhausted):
+        message = "new sketches are paused: Novita's balance is not enough"
+        return _error(503, "novita_balance", message, _retry_after(exc.until))
+    if isinstance(exc, DailyLimitReached):
         code = "project_daily_limit" if exc.cap == "project" else "daily_limit"
-        return error_response(429, code, str(exc), _retry_after(exc.resets_at))
-    except TooManySketches as exc:
-        return error_response(429, "too_many_sketches", str(exc))
-    except KeyInUse:
-        return error_response(
+        return _error(429, code, str(exc), _retry_after(exc.resets_at))
+    if isinstance(exc, TooManySketches):
+        return _error(429, "too_many_sketches", str(exc))
+    if isinstance(exc, KeyInUse):
+        return _error(
             409,
             "idempotency_key_in_use",
             "a request with this Idempotency-Key is still being handled",
             {"Retry-After": "1"},
         )
-    except KeyReused:
-        return error_response(
-            422, "idempotency_key_reused", "this Idempotency-Key was used for a request with another body"
-        )
-    except StartFailed as failure:
-        return _answer(failure.sketch, answer_for(failure), replayed=False)
-    return _answer(created.sketch, created.answer, replayed=created.replayed)
+    return _error(
+        422, "idempotency_key_reused", "this Idempotency-Key was used for a request with another body"
+    )
 
 
 def _answer(sketch: Sketch, answer: Answer, *, replayed: bool) -> flask.Response:
-    """The sketch's answer, as the first request got it."""
+    """The sketch's answer, with the status the first request got (the sketch as it is now)."""
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     if answer.status == 202:
-        return json_response(202, sketch.to_json(), headers)
+        return _model(202, sketch.public(), headers)
     if answer.code == "novita_balance":
         headers["Retry-After"] = str(math.ceil(settings.balance_breaker_seconds))
-    return error_response(
+    return _error(
         answer.status,
         answer.code or "novita_rejected",
         answer.message or "Novita refused the request",
         headers,
         reason=answer.reason,
-        sketch=sketch.to_json(),
+        sketch=sketch.public(),
     )
 
 
@@ -216,4 +354,4 @@ def _validation_error(exc: ValidationError) -> flask.Response:
         message = f"{field[:ECHO]}: unknown field"
     else:
         message = f"{field[:ECHO]}: {first['msg']}"
-    return error_response(400, "invalid_field", message, field=field[:ECHO])
+    return _error(400, "invalid_field", message, field=field[:ECHO])

@@ -37,8 +37,7 @@ from shared.edge.answers import error_response, internal_error, json_response, m
 from shared.edge.cors import preflight
 from shared.edge.guard import install as install_body_guard
 from shared.novita.models import ASYNC_TASK_RESULT, WebhookEvent, WebhookTask
-from shared.pipeline.check import Hint
-from shared.pipeline.queue import Expired, MalformedPush, Misrouted, QueueUnavailable, Route, read_push
+from shared.pipeline.queue import Expired, Hint, MalformedPush, Misrouted, QueueUnavailable, Route, read_push
 from shared.pipeline.recovery import SWEEP_SECONDS
 from shared.pipeline.topology import DEAD_LETTER_ACTION, STEP_ACTION, SWEEP_ACTION
 from shared.pipeline.work import TRANSIENT, WAITS

@@ -73,8 +73,10 @@ SWEEP_BUDGET = 100.0
 SWEEP_PAGE_MARGIN = 10.0
 SCHEDULER_ATTEMPT_DEADLINE = 180.0
 
-# --- The balance breaker's probe: held while one caller asks Novita whether the balance is back.
-BREAKER_PROBE = SEEDREAM_REQUEST_BUDGET + 10.0
+# --- The balance breaker's probe: one caller at a time asks Novita whether the balance is back. It
+# is short, not as long as the slowest paid request: a refused request costs nothing, so the worst a
+# slow or dead holder causes is one more question every BREAKER_PROBE seconds, never paid work held off.
+BREAKER_PROBE = 10.0
 
 # --- Webhook tokens live this long past the longest a sketch may live (MAX_SKETCH_AGE_SECONDS):
 # Novita delivers a task's result within minutes of its end, retries included.
@@ -94,8 +96,6 @@ ORDER: tuple[tuple[str, str, str], ...] = (
     ("CREATE_LEASE", "CREATE_FUNCTION_TIMEOUT", "a create that runs out of time is settled by recovery"),
     ("BODY_DEADLINE", "CREATE_FUNCTION_TIMEOUT", "a slow body is cut before the function's timeout"),
     ("NOVITA_POST_RETRY_WINDOW", "CREATE_START", "a create's retries fit in its start"),
-    ("SEEDREAM_REQUEST_BUDGET", "BREAKER_PROBE", "the probe outlasts the longest paid request"),
-    ("KLING_REQUEST_BUDGET", "BREAKER_PROBE", "the probe outlasts the longest paid request"),
     ("MIN_POST_SECONDS", "NOVITA_CONNECT", "a paid POST is not sent without time to connect"),
 )
 

@@ -1,4 +1,5 @@
-"""Cloud Storage over its JSON API: create-only resumable uploads, and the URLs that play them.
+"""Cloud Storage over its JSON API: create-only resumable uploads, the URLs that play them, and the
+removal of a deleted sketch's objects.
 
 The Storage SDK's import took 240-320 ms here (`python -X importtime -c 'import google.cloud.storage'`);
 an upload is a few HTTP calls. Every upload is resumable, so a video streams through in chunks
@@ -20,7 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from shared.core.deadline import Deadline
-from shared.google.api import ApiError, GoogleApi, PreconditionFailed, Unavailable, error_from
+from shared.google.api import ApiError, GoogleApi, NotFound, PreconditionFailed, Unavailable, error_from
 
 PRODUCTION_URL = "https://storage.googleapis.com"
 FIREBASE_DOWNLOAD_URL = "https://firebasestorage.googleapis.com/v0"
@@ -66,6 +67,14 @@ class Storage:
     def get(self, bucket: str, name: str) -> dict[str, Any]:
         response = self._api.call("GET", f"{self._base}/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
         return dict(response.json())
+
+    def delete(self, bucket: str, name: str) -> bool:
+        """Remove the object `name`; whether it was there (removing what is gone is done already)."""
+        try:
+            self._api.call("DELETE", f"{self._base}/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
+        except NotFound:
+            return False
+        return True
 
     def upload(
         self,

@@ -4,17 +4,9 @@ to video, and task-result.
 Every request body Novita receives is built here and nowhere else. The integration guide and
 Novita's public reference disagree on two of them (`../shared/novita-api-notes.md`), so each has two
 forms: the guide's is sent first; a refusal that started no task and is about the request's shape
-moves to the reference's form, and the instance remembers what was refused or worked, so the next
+moves to the reference's form, and the project remembers what worked (`FormMemory`), so the next
 request goes straight to it. A request whose answer is lost, times out or is a 5xx is never sent
-again in another form: it may have started a paid task.
-
-Errors are typed by what the caller can do about them:
-
-- `NovitaRejected`: Novita refused the request (4xx other than 429); sending it again won't help.
-- `NovitaUnavailable`: Novita could not be reached or asked us to come back (429, 5xx, network);
-  a later step sends the request again.
-- `NovitaOutcomeUnknown`: a POST was sent but no usable answer came back, so a paid task may exist
-  and the request is never sent again.
+again in another form: it may have started a paid task. Its errors are `shared/novita/errors.py`'s.
 """
 
 from __future__ import annotations
@@ -34,6 +26,13 @@ from shared.core.backoff import RETRY_STATUSES, backoff_delay, retry_after_secon
 from shared.core.config import Settings
 from shared.core.deadline import Deadline
 from shared.media.still import Still
+from shared.novita.errors import (
+    NovitaError,
+    NovitaOutcomeUnknown,
+    NovitaRejected,
+    NovitaUnavailable,
+    error_from_response,
+)
 from shared.novita.models import SeedreamImages, TaskId, TaskResult
 
 log = logging.getLogger(__name__)
@@ -58,95 +57,10 @@ MIN_POST_SECONDS = timings.MIN_POST_SECONDS
 GET_ATTEMPTS = 4
 GET_BASE_DELAY = 0.25
 GET_MAX_DELAY = 4.0
-MAX_MESSAGE = 500
-MAX_REASON = 64
 
 Form = Literal["guide", "reference"]
 FORMS: tuple[Form, Form] = ("guide", "reference")
-BALANCE_REASONS = frozenset({"NOT_ENOUGH_BALANCE", "BILLING_BALANCE_NOT_ENOUGH"})
-# Refusals about the account, the key or the content: another form of the request would be
-# refused the same way.
-_NOT_ABOUT_FORM = BALANCE_REASONS | {
-    "MISSING_API_KEY",
-    "INVALID_API_KEY",
-    "API_NOT_ALLOWED",
-    "FEATURE_NOT_ALLOWED",
-    "NEED_REAL_NAME_VERIFY",
-    "ILLEGAL_PROMPT",
-    "ILLEGAL_IMAGE_CONTENT",
-    "RATE_LIMIT_EXCEEDED",
-}
-_FORM_STATUSES = frozenset({400, 404, 405, 415, 422})
 _TASK_ID: TypeAdapter[str] = TypeAdapter(TaskId)
-
-
-def _storable(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, with any lone surrogate (JSON lets them through) replaced:
-    error texts end up in sketches and logs, which take only valid UTF-8."""
-    return text[:limit].encode("utf-8", "replace").decode("utf-8")
-
-
-class NovitaError(Exception):
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        code: Any = None,
-        reason: str | None = None,
-    ) -> None:
-        self.message = _storable(message, MAX_MESSAGE)
-        super().__init__(self.message)  # str(exc) is logged and stored too
-        self.status_code = status_code
-        self.code = code
-        self.reason = None if reason is None else _storable(reason, MAX_REASON)
-
-    def describe(self) -> str:
-        """One line for a sketch's `error_message` and for an API error."""
-        parts = [f"Novita {self.status_code}" if self.status_code else "Novita"]
-        if self.reason:
-            parts.append(self.reason)
-        return f"{' '.join(parts)}: {self.message}"
-
-    @property
-    def is_balance(self) -> bool:
-        """The account's balance is not enough (Novita says so with a 400 or a 403)."""
-        return self.reason in BALANCE_REASONS
-
-
-class NovitaRejected(NovitaError):
-    @property
-    def refuses_form(self) -> bool:
-        """Whether the refusal may be about the request's shape, so that the other form may pass."""
-        return self.status_code in _FORM_STATUSES and self.reason not in _NOT_ABOUT_FORM
-
-
-class NovitaUnavailable(NovitaError):
-    pass
-
-
-class NovitaOutcomeUnknown(NovitaError):
-    pass
-
-
-def error_from_response(response: httpx.Response) -> NovitaError:
-    """Build the typed error from Novita's `{code, reason, message}` error body."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        body = {}
-    message = str(body.get("message") or response.reason_phrase or "request failed")
-    reason = body.get("reason") if isinstance(body.get("reason"), str) else None
-    kind: type[NovitaError]
-    if response.status_code == 429 or response.status_code >= 500:
-        kind = NovitaUnavailable
-    else:
-        kind = NovitaRejected
-    return kind(message, status_code=response.status_code, code=body.get("code"), reason=reason)
-
-
 Request = Literal["text_to_image", "image_to_video"]
 
 
@@ -300,6 +214,7 @@ class NovitaClient:
         before its request goes out, so that the caller's record says which one may be in flight.
         """
         first = self.form("image_to_video")
+        refused: NovitaRejected | None = None
         for form in (first, *(f for f in FORMS if f != first)):
             sending(form)
             try:
@@ -324,9 +239,19 @@ class NovitaClient:
                         body["negative_prompt"] = negative_prompt
                     response = self._post(KLING_I2V_PATH, deadline, json=body)
             except NovitaRejected as exc:
-                if not exc.refuses_form or form != first:
+                if refused is not None:
+                    # Both refused: which refusal was about the still and which about the form is
+                    # not known, so the sketch's reason names both.
+                    raise NovitaRejected(
+                        f"{exc.message} (the {first} form before it: {refused.describe()})",
+                        status_code=exc.status_code,
+                        code=exc.code,
+                        reason=exc.reason,
+                    ) from exc
+                if not exc.refuses_form:
                     raise
                 log.warning("Kling refused the %s form: %s", form, exc.describe())
+                refused = exc
                 continue
             task_id = self._task_id(response)
             self.remember("image_to_video", form)

@@ -76,7 +76,7 @@ ShortText = Annotated[str, Field(min_length=1, max_length=64), utf8]
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
 class Task(_Lenient):

@@ -13,7 +13,7 @@ from shared.novita.client import NovitaError, NovitaOutcomeUnknown, NovitaReject
 from shared.pipeline import lease as leases
 from shared.pipeline import paid
 from shared.pipeline.lease import Lease
-from shared.pipeline.links import from_novita, upload
+from shared.pipeline.links import from_novita, removed_if_gone, still_name, upload
 from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, Outcome, fail_changes, progress_at
 from shared.pipeline.work import RetryLater, Tools, Waiting, after_novita_failed, record_paid
 from shared.sketch.model import Sketch, Status, StepKind, utcnow
@@ -38,12 +38,10 @@ def run(tools: Tools, sketch: Sketch, deadline: Deadline) -> Outcome:
         still = _fetch_still(tools, lease, deadline)
         if still is None:
             return Outcome.APPLIED
-        if (
-            tools.storage is not None
-            and lease.sketch.image_object is None
-            and not _store_still(tools, lease, still, deadline)
-        ):
-            return Outcome.APPLIED
+        if tools.storage is not None and lease.sketch.image_object is None:
+            kept = _store_still(tools, lease, still, deadline)
+            if kept is not None:
+                return kept
         return start_kling(tools, lease, still, deadline)
 
 
@@ -57,7 +55,7 @@ def start_kling(tools: Tools, lease: Lease, still: Still, deadline: Deadline) ->
         try:
             video_task_id, form = tools.novita.start_image_to_video(
                 still=still,
-                still_url=sketch.novita_image_url or sketch.image_url or "",
+                still_url=sketch.still_source or "",
                 prompt=sketch.video_prompt,
                 negative_prompt=sketch.negative_prompt,
                 duration=sketch.duration,
@@ -130,10 +128,10 @@ def _fetch_still(tools: Tools, lease: Lease, deadline: Deadline) -> Still | None
     """The still, checked; None if it was refused for good (the sketch is then failed)."""
 
     def fetch(s: Sketch) -> Still:
-        assert s.novita_image_url is not None
+        assert s.still_source is not None
         return inspect_still(
             fetch_media(
-                s.novita_image_url,
+                s.still_source,
                 policy=tools.settings.media_url_policy,
                 client=tools.media_http,
                 deadline=deadline,
@@ -145,14 +143,15 @@ def _fetch_still(tools: Tools, lease: Lease, deadline: Deadline) -> Still | None
     return None if fetched is None else fetched[1]
 
 
-def _store_still(tools: Tools, lease: Lease, still: Still, deadline: Deadline) -> bool:
-    """Keep the bytes just fetched in the bucket; the sketch then shows the copy. False if the sketch
-    failed instead (its name in the bucket is taken)."""
+def _store_still(tools: Tools, lease: Lease, still: Still, deadline: Deadline) -> Outcome | None:
+    """Keep the bytes just fetched in the bucket; the sketch then shows the copy. None once it is
+    kept, else the step's outcome: the sketch failed instead (its name in the bucket is taken), or
+    it was deleted meanwhile (the copy is removed again)."""
     assert tools.storage is not None and tools.settings.media_bucket is not None
-    name = f"sketches/{lease.sketch.id}/still.{still.extension}"
+    name = still_name(lease.sketch.id, still.extension)
     token = upload(tools, lease, name, still.data, still.mime, deadline)
     if token is None:
-        return False
+        return Outcome.APPLIED
     stored = lease.finish(
         {
             "image_object": name,
@@ -161,5 +160,7 @@ def _store_still(tools: Tools, lease: Lease, still: Still, deadline: Deadline) -
         }
     )
     if stored is None:
+        if removed_if_gone(tools, lease.sketch.id, name):
+            return Outcome.IGNORED
         raise RetryLater("the step lost its lease while storing the still")
-    return True
+    return None

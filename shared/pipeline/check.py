@@ -7,32 +7,20 @@ same look. It also gives up on what waited too long, and hands on the slow step 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from pydantic import ValidationError
 
 from shared.core.deadline import Deadline
-from shared.novita.client import NovitaRejected
+from shared.novita.errors import NovitaRejected
 from shared.novita.models import TaskResult
 from shared.pipeline import paid
-from shared.pipeline.queue import Step
-from shared.pipeline.results import MalformedResult, Outcome, stage_of
+from shared.pipeline.queue import Hint, Step
+from shared.pipeline.results import MalformedResult, Outcome, note_ignored, waits_on
 from shared.pipeline.work import Tools, fail_unless_final
 from shared.sketch.model import Sketch, Stage, Status, StepKind, utcnow
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hint:
-    """What a webhook delivery said: the task it reported, for the stage its URL was registered for.
-    `result` is the delivery's own result, used only in Novita's webhook test mode."""
-
-    task_id: str
-    stage: Stage
-    result: dict[str, Any] | None = None
 
 
 def examine(tools: Tools, sketch: Sketch, deadline: Deadline, hint: Hint | None = None) -> Outcome:
@@ -42,13 +30,13 @@ def examine(tools: Tools, sketch: Sketch, deadline: Deadline, hint: Hint | None 
     if sketch.status.is_final:
         return Outcome.DUPLICATE
     max_age = timedelta(seconds=tools.settings.max_sketch_age_seconds)
-    if sketch.created_at + max_age <= now:
+    if sketch.life_began + max_age <= now:
+        began = "its creation" if sketch.retried_at is None else "its retry"
         reason = (
-            f"not finished within {max_age.total_seconds():.0f} s of its creation "
-            f"(last status {sketch.status})"
+            f"not finished within {max_age.total_seconds():.0f} s of {began} (last status {sketch.status})"
         )
         return fail_unless_final(tools.store, sketch, reason, "gave up on a sketch that did not finish")
-    asked = _task_to_ask(sketch, hint)
+    asked = _task_to_ask(sketch, hint) or (_named_by_a_delivery(sketch) if hint is None else None)
     if asked is None:
         if hint is not None:
             note_ignored(sketch, hint.task_id)
@@ -75,6 +63,11 @@ def examine(tools: Tools, sketch: Sketch, deadline: Deadline, hint: Hint | None 
             return fail_unless_final(tools.store, sketch, str(exc), "refused a result for good")
         if adopted and outcome is Outcome.APPLIED:
             log.warning("adopted a task whose request had no known outcome", extra={"task_id": task_id})
+        elif adopted and hint is None:
+            # The task a delivery named is not finished yet: the unanswered request waits as ever.
+            unanswered = _unanswered(tools, latest or sketch, now)
+            if unanswered is not None:
+                return unanswered
     if latest is not None:
         hand_on(tools, latest, now)
     return outcome
@@ -90,22 +83,6 @@ def hand_on(tools: Tools, sketch: Sketch, now: datetime) -> None:
         sketch, sketch.submission_unknown, now, tools.settings.unknown_outcome_grace_seconds
     ):
         tools.queue.publish(Step(kind=kind, sketch_id=sketch.id))
-
-
-def is_unadopted(sketch: Sketch, task_id: str) -> bool:
-    """Whether a task reported for the sketch is none of its own: a paid task that no sketch adopts."""
-    return task_id not in (sketch.image_task_id, sketch.video_task_id)
-
-
-def note_ignored(sketch: Sketch, task_id: str) -> None:
-    """Log a result the sketch does not wait on: a WARNING when the task is none of the sketch's."""
-    if is_unadopted(sketch, task_id):
-        # Someone paid for it: an operator reconciling Novita's bill looks for these.
-        log.warning(
-            "a paid task that no sketch adopts", extra={"task_id": task_id, "status": str(sketch.status)}
-        )
-    else:
-        log.info("a result already applied: ignored", extra={"task_id": task_id})
 
 
 def _unanswered(tools: Tools, sketch: Sketch, now: datetime) -> Outcome | None:
@@ -127,29 +104,26 @@ def _unanswered(tools: Tools, sketch: Sketch, now: datetime) -> Outcome | None:
     return None  # the step that sends it again is handed on
 
 
-def waits_on(sketch: Sketch, hint: Hint) -> bool:
-    """Whether the sketch waits on the task a webhook named: its own task of that stage, or a task of
-    a stage whose request's answer is not known yet (adopted once task-result confirms it)."""
-    stage = stage_of(sketch, hint.task_id, hint.stage)
-    if stage == "image":
-        return sketch.status is Status.IMAGE_PENDING
-    if stage == "video":
-        return sketch.status is Status.IMAGE_COMPLETE or (
-            sketch.status is Status.VIDEO_PENDING and sketch.novita_video_url is None
-        )
-    return False
-
-
 def _task_to_ask(sketch: Sketch, hint: Hint | None) -> tuple[str, Stage] | None:
     """Which task to ask Novita about: the one a webhook named, if the sketch waits on it; else the
     task the sketch waits on, if any."""
     if hint is not None:
-        return (hint.task_id, hint.stage) if waits_on(sketch, hint) else None
+        return (hint.task_id, hint.stage) if waits_on(sketch, hint.task_id, hint.stage) else None
     if sketch.next_step() is not StepKind.CHECK:
         return None
     stage: Stage = "image" if sketch.status is Status.IMAGE_PENDING else "video"
     task_id = sketch.task_of(stage)
     return None if task_id is None else (task_id, stage)
+
+
+def _named_by_a_delivery(sketch: Sketch) -> tuple[str, Stage] | None:
+    """The task a delivery named for a request whose answer was lost, when the check it handed on
+    never ran (Pub/Sub lost it): recovery asks about that task itself, rather than wait out the
+    grace and pay again. A task a retry muted has no stage and is never asked about."""
+    task_id, stage = sketch.hint_task_id, sketch.hint_stage
+    if task_id is None or stage is None or sketch.submission_unknown != stage:
+        return None
+    return (task_id, stage) if waits_on(sketch, task_id, stage) else None
 
 
 def _result(tools: Tools, task_id: str, hint: Hint | None, deadline: Deadline) -> TaskResult | None:

@@ -1,5 +1,5 @@
 """The `copy` step: stream the finished video from Novita into the bucket, never whole in memory;
-then the sketch is complete."""
+then the sketch is complete (or, if it was deleted meanwhile, the copy is removed again)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import datetime
 from shared.core.deadline import Deadline
 from shared.media.fetch import stream_media
 from shared.pipeline import lease as leases
-from shared.pipeline.links import from_novita, upload
+from shared.pipeline.links import from_novita, removed_if_gone, upload, video_name
 from shared.pipeline.results import NO_LEASE, Outcome
 from shared.pipeline.work import Tools
 from shared.sketch.model import Sketch, Status, utcnow
@@ -32,7 +32,7 @@ def run(tools: Tools, sketch: Sketch, deadline: Deadline) -> Outcome:
             lease.finish(complete_changes(lease.sketch.novita_video_url, None, None))
             return Outcome.APPLIED
         storage, bucket = tools.storage, tools.settings.media_bucket
-        name = f"sketches/{lease.sketch.id}/video.mp4"
+        name = video_name(lease.sketch.id)
 
         def copy(s: Sketch) -> str | None:
             assert s.novita_video_url is not None
@@ -49,7 +49,9 @@ def run(tools: Tools, sketch: Sketch, deadline: Deadline) -> Outcome:
         copied = from_novita(tools, lease, "video", deadline, copy)
         if copied is None or copied[1] is None:
             return Outcome.APPLIED
-        lease.finish(complete_changes(storage.download_url(bucket, name, copied[1]), None, name))
+        stored = lease.finish(complete_changes(storage.download_url(bucket, name, copied[1]), None, name))
+        if stored is None and removed_if_gone(tools, lease.sketch.id, name):
+            return Outcome.IGNORED
     log.info("video stored; sketch complete")
     return Outcome.APPLIED
 

@@ -27,13 +27,8 @@ from shared.core.timings import CREATE_LEASE, CREATE_START
 from shared.edge.callers import Caller
 from shared.google.api import AlreadyExists
 from shared.google.firestore import Delete, Write
-from shared.novita.client import (
-    NovitaClient,
-    NovitaError,
-    NovitaOutcomeUnknown,
-    NovitaRejected,
-    NovitaUnavailable,
-)
+from shared.novita.client import NovitaClient
+from shared.novita.errors import NovitaError, NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
 from shared.pipeline import paid
 from shared.pipeline.lease import Lease, new_owner
 from shared.pipeline.queue import QueueUnavailable, Step, StepQueue
@@ -44,7 +39,7 @@ from shared.sketch.request import CreateSketchRequest
 from shared.sketch.store import Changes, SketchStore, StoreUnavailable
 from shared.spending.breaker import BalanceBreaker, Probe
 from shared.spending.daily import Count, DailyCaps, DailyLimitReached
-from shared.spending.idempotency import Answer, Claim, IdempotencyKeys, KeyInUse, Seen
+from shared.spending.idempotency import Answer, Claim, IdempotencyKeys, KeyInUse, Seen, SketchGone
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +201,8 @@ class Creator:
         """The answer a repeated key gets: its first answer, with its sketch as it is now."""
         sketch = self._store.get(seen.sketch_id)
         if sketch is None:
-            raise KeyInUse  # the record is written with its sketch; one without is mid-commit
+            # The record was committed with its sketch, so a record without one outlived a deletion.
+            raise SketchGone
         logs.bind_sketch(seen.sketch_id)
         log.info("a repeated Idempotency-Key answered with its sketch")
         return Created(sketch, seen.answer, replayed=True)

@@ -1,5 +1,10 @@
 """Novita's links to a sketch's still and video (renewed from task-result when they expire), and
-the uploads of their copies to the bucket: the media work the chain and the copy share."""
+the uploads of their copies to the bucket: the media work the chain and the copy share.
+
+The copies' names are made here and nowhere else, so that a deletion finds every object a step may
+have stored for a sketch (`shared/pipeline/deletion.py`). A step whose sketch was deleted while it
+uploaded removes what it just stored: nothing stays in the bucket for a sketch that is gone.
+"""
 
 from __future__ import annotations
 
@@ -25,16 +30,57 @@ from shared.sketch.store import Changes
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
+# What a still may be stored as (`shared/media/still.py` takes JPEG and PNG).
+STILL_EXTENSIONS = ("jpg", "png")
 
-def renew_link(tools: Tools, lease: Lease, stage: Stage, deadline: Deadline) -> Sketch:
-    """The sketch with a new Novita link to its still or its video, from task-result."""
+
+def still_name(sketch_id: str, extension: str) -> str:
+    return f"sketches/{sketch_id}/still.{extension}"
+
+
+def video_name(sketch_id: str) -> str:
+    return f"sketches/{sketch_id}/video.mp4"
+
+
+def object_names(sketch: Sketch) -> list[str]:
+    """Every name the sketch's media may be stored under: the ones it records, and the ones a step
+    may have stored without recording them yet (its write came after the upload)."""
+    names = [still_name(sketch.id, extension) for extension in STILL_EXTENSIONS]
+    names += [video_name(sketch.id), sketch.image_object, sketch.video_object]
+    return list(dict.fromkeys(name for name in names if name is not None))
+
+
+def removed_if_gone(tools: Tools, sketch_id: str, name: str) -> bool:
+    """After a write under the lease that recorded the object `name` did not land: whether the
+    sketch was deleted meanwhile. The object just stored for it is then removed."""
+    if tools.store.get(sketch_id) is not None:
+        return False
+    assert tools.storage is not None and tools.settings.media_bucket is not None
+    try:
+        tools.storage.delete(tools.settings.media_bucket, name)
+    except ApiError as exc:
+        # The step will find no sketch next time either: only an operator can remove it now.
+        log.error(
+            "an object stored for a deleted sketch could not be removed: %s", exc, extra={"object": name}
+        )
+        return True
+    log.warning(
+        "the sketch was deleted while its media was stored; the copy is removed", extra={"object": name}
+    )
+    return True
+
+
+def renew_link(tools: Tools, lease: Lease, stage: Stage, deadline: Deadline) -> Sketch | None:
+    """The sketch with a new Novita link to its still or its video, from task-result; None when
+    it has no task to ask (the sketch is then failed)."""
     sketch = lease.sketch
     task_id = sketch.task_of(stage)
     what = "still" if stage == "image" else "video"
     if task_id is None:
         # Seedream's synchronous answer has no task to ask again.
         lease.finish(fail_changes(f"the {what}'s link expired before it could be fetched"))
-        raise RetryLater(f"the {what}'s link expired and cannot be renewed")
+        log.warning("the %s's link expired and cannot be renewed", what)
+        return None
     try:
         result = tools.novita.task_result(task_id, deadline)
     except (NovitaError, ValidationError) as exc:
@@ -66,13 +112,18 @@ def from_novita(
     sketch (None); an expired link is renewed from task-result once; a fault that may pass gives the
     work back for the next delivery of the step."""
     what = "still" if stage == "image" else "video"
-    sketch = lease.sketch
-    link_expires = (
-        sketch.novita_image_url_expires_at if stage == "image" else sketch.novita_video_url_expires_at
-    )
+    sketch: Sketch | None = lease.sketch
+    assert sketch is not None
+    if stage == "image":
+        # A kept still is fetched from the bucket (`Sketch.still_source`): Novita's link is not used.
+        link_expires = None if sketch.image_object else sketch.novita_image_url_expires_at
+    else:
+        link_expires = sketch.novita_video_url_expires_at
     if link_expires is not None and link_expires <= utcnow():
         sketch = renew_link(tools, lease, stage, deadline)
     for attempt in (1, 2):
+        if sketch is None:
+            return None
         try:
             return sketch, use(sketch)
         except MediaRejected as exc:

@@ -44,7 +44,7 @@ class Step(BaseModel):
     """One step: what to do for which sketch. A webhook's hint names the task and stage it reported;
     `result` is the delivery's own result, carried only in Novita's webhook test mode."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     kind: StepKind
     sketch_id: SketchId
@@ -53,10 +53,20 @@ class Step(BaseModel):
     result: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Hint:
+    """What a webhook delivery said: the task it reported, for the stage its URL was registered for.
+    `result` is the delivery's own result, used only in Novita's webhook test mode."""
+
+    task_id: str
+    stage: Stage
+    result: dict[str, Any] | None = None
+
+
 class _Signed(BaseModel):
     """A message's data: the step, the route it is published for, and its lifetime (epoch seconds)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     route: Literal["step"]
     published_at: float
@@ -76,11 +86,15 @@ def message(step: Step, secret: str, lifetime: float, now: float) -> Message:
 
 
 class _PushMessage(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     data: Annotated[str, Field(max_length=MAX_MESSAGE_BYTES * 2)] = ""
     attributes: dict[str, Annotated[str, Field(max_length=1024)]] = {}
 
 
 class _Push(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     message: _PushMessage
     deliveryAttempt: int | None = None  # noqa: N815 (Pub/Sub's own name)
 

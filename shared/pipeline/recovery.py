@@ -18,20 +18,22 @@ at all, so recovery may be what finishes every video. Every unfinished sketch ca
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from shared.core import logs, timings
 from shared.core.deadline import Deadline
-from shared.pipeline import check
-from shared.pipeline.check import Hint
-from shared.pipeline.queue import QueueUnavailable, Step, StepQueue
-from shared.pipeline.results import Outcome, Results
-from shared.pipeline.steps import Worker
+from shared.pipeline.queue import Hint, QueueUnavailable, Step, StepQueue
+from shared.pipeline.results import Outcome, Results, note_ignored, waits_on
 from shared.pipeline.work import TRANSIENT, WAITS
 from shared.sketch.model import Sketch, StepKind, utcnow
 from shared.sketch.store import Changes, SketchStore
+
+if TYPE_CHECKING:
+    from shared.pipeline.steps import Worker
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,9 @@ class SweepReport:
 
 
 class Recovery:
-    def __init__(self, store: SketchStore, results: Results, worker: Worker, queue: StepQueue) -> None:
+    def __init__(
+        self, store: SketchStore, results: Results, worker: Callable[[], Worker], queue: StepQueue
+    ) -> None:
         self._store = store
         self._results = results
         self._worker = worker
@@ -104,8 +108,8 @@ class Recovery:
         sketch = self._store.get(sketch_id)
         if sketch is None or sketch.status.is_final:
             return "ignored"
-        if not check.waits_on(sketch, hint):
-            check.note_ignored(sketch, hint.task_id)
+        if not waits_on(sketch, hint.task_id, hint.stage):
+            note_ignored(sketch, hint.task_id)
             return "ignored"
         now = utcnow()
         until = now + timedelta(seconds=max(self._results.interval, HINT_SECONDS))
@@ -113,7 +117,7 @@ class Recovery:
         def claim(s: Sketch) -> Changes | None:
             if s.status.is_final or (s.hint_task_id == hint.task_id and s.hint_until and s.hint_until > now):
                 return None
-            return {"hint_task_id": hint.task_id, "hint_until": until}
+            return {"hint_task_id": hint.task_id, "hint_stage": hint.stage, "hint_until": until}
 
         claimed, won = self._store.mutate(sketch_id, claim, known=sketch)
         if not won or claimed is None:
@@ -165,7 +169,7 @@ class Recovery:
             claimed = self._take_turn(sketch, now)
             if claimed is None:
                 return None, None
-            return self._worker.examine(claimed, deadline), None
+            return self._worker().examine(claimed, deadline), None
         except (*TRANSIENT, *WAITS) as exc:
             log.warning("recovery did not finish: %s", exc)
             return None, str(exc)[:300]

@@ -55,7 +55,11 @@ class MalformedResult(Exception):
 
 # Parts of a change: the step's lease given back, and a submission's outcome no longer unknown.
 NO_LEASE: Changes = {"step_lease_owner": None, "step_lease_until": None}
-OUTCOME_KNOWN: Changes = {"submission_unknown": None, "submission_unknown_since": None, "submission_owner": None}
+OUTCOME_KNOWN: Changes = {
+    "submission_unknown": None,
+    "submission_unknown_since": None,
+    "submission_owner": None,
+}
 
 
 def fail_changes(message: str) -> Changes:
@@ -86,6 +90,35 @@ def stage_of(sketch: Sketch, task_id: str, hint: Stage | None) -> Stage | None:
     if hint == "video" and sketch.status is Status.IMAGE_COMPLETE and sketch.submission_unknown == "video":
         return "video"
     return None
+
+
+def waits_on(sketch: Sketch, task_id: str, stage: Stage) -> bool:
+    """Whether the sketch waits on the task a webhook named: its own task of that stage, or a task of
+    a stage whose request's answer is not known yet (adopted once task-result confirms it)."""
+    found = stage_of(sketch, task_id, stage)
+    if found == "image":
+        return sketch.status is Status.IMAGE_PENDING
+    if found == "video":
+        return sketch.status is Status.IMAGE_COMPLETE or (
+            sketch.status is Status.VIDEO_PENDING and sketch.novita_video_url is None
+        )
+    return False
+
+
+def is_unadopted(sketch: Sketch, task_id: str) -> bool:
+    """Whether a task reported for the sketch is none of its own: a paid task that no sketch adopts."""
+    return task_id not in (sketch.image_task_id, sketch.video_task_id)
+
+
+def note_ignored(sketch: Sketch, task_id: str) -> None:
+    """Log a result the sketch does not wait on: a WARNING when the task is none of the sketch's."""
+    if is_unadopted(sketch, task_id):
+        # Someone paid for it: an operator reconciling Novita's bill looks for these.
+        log.warning(
+            "a paid task that no sketch adopts", extra={"task_id": task_id, "status": str(sketch.status)}
+        )
+    else:
+        log.info("a result already applied: ignored", extra={"task_id": task_id})
 
 
 class Results:

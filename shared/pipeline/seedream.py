@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from shared.core.deadline import Deadline
-from shared.novita.client import NovitaError, NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
+from shared.novita.errors import NovitaError, NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
 from shared.pipeline import lease as leases
 from shared.pipeline import paid
 from shared.pipeline.check import hand_on

@@ -15,9 +15,8 @@ from collections.abc import Callable
 
 from shared.core import logs
 from shared.core.deadline import Deadline
-from shared.pipeline import chain, check, copy, seedream
-from shared.pipeline.check import Hint
-from shared.pipeline.queue import Step
+from shared.pipeline import check
+from shared.pipeline.queue import Hint, Step
 from shared.pipeline.results import Outcome, fail_changes
 from shared.pipeline.topology import STEP_DEADLINE_SECONDS
 from shared.pipeline.work import Tools
@@ -29,11 +28,21 @@ log = logging.getLogger(__name__)
 # Failures in a row of one step that a dead letter needs to see on the sketch before it fails it.
 DEAD_LETTER_FAILURES = 3
 
-_SLOW: dict[StepKind, Callable[[Tools, Sketch, Deadline], Outcome]] = {
-    StepKind.SEEDREAM: seedream.run,
-    StepKind.CHAIN: chain.run,
-    StepKind.COPY: copy.run,
-}
+
+def _slow(kind: StepKind) -> Callable[[Tools, Sketch, Deadline], Outcome]:
+    """The module of a slow step, imported when one is first run: a copy that finds the sketch moved
+    on, or a door that never runs it, needs none of it (a cold start loads no more than it uses)."""
+    if kind is StepKind.SEEDREAM:
+        from shared.pipeline import seedream
+
+        return seedream.run
+    if kind is StepKind.CHAIN:
+        from shared.pipeline import chain
+
+        return chain.run
+    from shared.pipeline import copy
+
+    return copy.run
 
 
 class Worker:
@@ -53,7 +62,7 @@ class Worker:
             return check.examine(self.tools, sketch, deadline, hint)
         if sketch.next_step() is not step.kind:
             return Outcome.DUPLICATE  # the sketch has moved on since the step was published
-        return _SLOW[step.kind](self.tools, sketch, deadline)
+        return _slow(step.kind)(self.tools, sketch, deadline)
 
     def examine(self, sketch: Sketch, deadline: Deadline) -> Outcome:
         return check.examine(self.tools, sketch, deadline)

@@ -8,23 +8,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import httpx
-
-from shared.core.config import Settings
 from shared.core.deadline import Deadline, DeadlinePassed
 from shared.core.timings import PAID_RETRY_BACKOFF_BASE, PAID_RETRY_BACKOFF_MAX
 from shared.core.tokens import webhook_url
 from shared.google.api import Unavailable
-from shared.google.storage import Storage
-from shared.media.policy import MediaUnavailable, Resolver
-from shared.novita.client import NovitaClient, NovitaUnavailable
-from shared.pipeline.queue import QueueUnavailable, StepQueue
-from shared.pipeline.results import Outcome, Results, fail_changes
+from shared.media.policy import MediaUnavailable
+from shared.novita.errors import NovitaUnavailable
+from shared.pipeline.queue import QueueUnavailable
+from shared.pipeline.results import Outcome, fail_changes
 from shared.sketch.model import Sketch, Stage, utcnow
 from shared.sketch.store import Changes, SketchStore, StoreUnavailable
-from shared.spending.breaker import BalanceBreaker, BalanceExhausted
+from shared.spending.breaker import BalanceExhausted
+
+if TYPE_CHECKING:  # the clients themselves are built once, by shared/runtime.py
+    import httpx
+
+    from shared.core.config import Settings
+    from shared.google.storage import Storage
+    from shared.media.policy import Resolver
+    from shared.novita.client import NovitaClient
+    from shared.pipeline.queue import StepQueue
+    from shared.pipeline.results import Results
+    from shared.spending.breaker import BalanceBreaker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

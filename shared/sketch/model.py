@@ -7,9 +7,9 @@ import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr, WithJsonSchema
 
 from shared.sketch.request import DEFAULT_VIDEO_PROMPT, CreateSketchRequest
 
@@ -43,6 +43,8 @@ def can_move(current: Status, new: Status) -> bool:
 
     A step may be skipped (`image_complete -> complete` when Kling's result is adopted before the
     answer to the Kling request is recorded); FAILED is reachable from any status that is not final.
+    The one way out of FAILED is its owner's retry (`retry_refusal`), which
+    `shared/pipeline/retry.py` writes in a commit of its own, never through this rule.
     """
     if current.is_final:
         return False
@@ -63,30 +65,61 @@ class StepKind(StrEnum):
         return self is not StepKind.CHECK
 
 
-# Fields of the public sketch, in the order the contract lists them.
-PUBLIC_FIELDS = (
-    "id",
-    "status",
-    "prompt",
-    "negative_prompt",
-    "video_prompt",
-    "width",
-    "height",
-    "duration",
-    "seed",
-    "image_task_id",
-    "video_task_id",
-    "image_url",
-    "image_url_expires_at",
-    "video_url",
-    "video_url_expires_at",
-    "progress",
-    "eta_seconds",
-    "error_message",
-    "created_at",
-    "updated_at",
-    "completed_at",
-)
+def iso_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# Firestore timestamps are answered as ISO 8601 UTC strings, to the millisecond.
+UtcTime = Annotated[
+    datetime,
+    PlainSerializer(iso_utc, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class PublicSketch(BaseModel):
+    """A sketch as `create_sketch` answers it (the contract's fields, in its order): what an app may
+    rely on. Bookkeeping stays in the document."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    id: str = Field(description="32 hexadecimal characters")
+    status: Status = Field(
+        description="image_pending -> image_complete -> video_pending -> complete, or failed at any "
+        "point; only the owner's retry moves a failed sketch on again"
+    )
+    prompt: str
+    negative_prompt: str
+    video_prompt: str
+    width: int
+    height: int
+    duration: int
+    seed: int
+    image_task_id: str | None = Field(description="Novita's text-to-image task (none for Seedream 3.0's)")
+    video_task_id: str | None = Field(description="the current Kling task (a retry starts a new one)")
+    image_url: str | None = Field(
+        description="the still: its kept copy once stored, Novita's link until then"
+    )
+    image_url_expires_at: UtcTime | None
+    video_url: str | None = Field(description="the video's kept copy; null until complete")
+    video_url_expires_at: UtcTime | None
+    progress: int = Field(ge=0, le=100, description="never goes down; 100 once complete")
+    eta_seconds: int | None = Field(description="Novita's estimate for the current task")
+    error_message: str | None = Field(description="why the sketch failed")
+    created_at: UtcTime
+    updated_at: UtcTime
+    completed_at: UtcTime | None
+    user_id: str | None = Field(default=None, description="the creator's Firebase uid (AUTH_MODE=firebase)")
+
+
+class SketchPage(BaseModel):
+    """One page of the caller's sketches, newest first (`GET create_sketch` without `id`)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    sketches: list[PublicSketch]
+    next_page_token: str | None = Field(description="the next page's `page_token`; null on the last page")
+
 
 Stage = Literal["image", "video"]
 # How the still is made: Novita's async text-to-image task (with a webhook), or Seedream 3.0's
@@ -96,6 +129,8 @@ ImageForm = Literal["task", "sync"]
 
 class Sketch(BaseModel):
     """A sketch as stored in Firestore. Bookkeeping fields follow the public ones."""
+
+    model_config = ConfigDict(defer_build=True)
 
     id: str
     status: Status
@@ -141,6 +176,9 @@ class Sketch(BaseModel):
     # when; a live holder renews it.
     step_lease_owner: str | None = None
     step_lease_until: datetime | None = None
+    # When its owner last started it again from its kept still (`shared/pipeline/retry.py`, which
+    # also knows its own commit by it when the commit's answer was lost).
+    retried_at: datetime | None = None
     # When recovery may next look at this sketch; None once the sketch is final.
     recovery_due_at: datetime | None = None
     # No paid request is sent for this sketch before this (after Novita failed one).
@@ -149,8 +187,10 @@ class Sketch(BaseModel):
     failed_step: StepKind | None = None
     step_failures: int = 0
     last_step_error: str | None = None
-    # The last task a webhook delivery handed on a check for, and until when its copies publish nothing.
+    # The last task a webhook delivery handed on a check for, the stage its token named, and until
+    # when its copies publish nothing. (A retry mutes its failed attempt's task here, with no stage.)
     hint_task_id: str | None = None
+    hint_stage: Stage | None = None
     hint_until: datetime | None = None
     # The document's update time when this copy was read or written, as Firestore gave it: lets
     # the next conditional write go out without reading the document again.
@@ -188,8 +228,20 @@ class Sketch(BaseModel):
             recovery_due_at=recovery_due_at,
         )
 
+    @property
+    def still_source(self) -> str | None:
+        """Where the still is fetched from, and the URL Kling's reference form is given: the copy
+        kept in the bucket once there is one (its link does not expire; Novita's does, and a
+        Seedream still's cannot be renewed), else Novita's link."""
+        return self.image_url if self.image_object is not None else self.novita_image_url
+
     def task_of(self, stage: Stage) -> str | None:
         return self.image_task_id if stage == "image" else self.video_task_id
+
+    @property
+    def life_began(self) -> datetime:
+        """Where `MAX_SKETCH_AGE_SECONDS` counts from: the sketch's creation, or its latest retry."""
+        return self.retried_at or self.created_at
 
     def lease_is_live(self, now: datetime) -> bool:
         return self.step_lease_until is not None and self.step_lease_until > now
@@ -209,15 +261,33 @@ class Sketch(BaseModel):
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
 
-    def to_json(self) -> dict[str, Any]:
-        data = self.model_dump(mode="python", include=set(PUBLIC_FIELDS))
-        out: dict[str, Any] = {}
-        for name in PUBLIC_FIELDS:
-            value = data[name]
-            out[name] = iso_utc(value) if isinstance(value, datetime) else value
-        if self.user_id is not None:
-            out["user_id"] = self.user_id
-        return out
+    def public(self) -> PublicSketch:
+        """The sketch as the API answers it (`user_id` only when there is one: answered with
+        `exclude_unset`)."""
+        fields = [name for name in PublicSketch.model_fields if name != "user_id" or self.user_id is not None]
+        return PublicSketch.model_validate({name: getattr(self, name) for name in fields})
+
+
+RetryRefusal = Literal["in_progress", "complete", "still_not_kept"]
+
+
+def retry_refusal(sketch: Sketch) -> tuple[RetryRefusal, str] | None:
+    """Why the owner cannot start `sketch` again from its kept still (a word and a sentence), or
+    None when they can: it failed after its still was copied into the bucket. A retry gives the
+    sketch a new life (`Sketch.life_began`), so its age does not matter."""
+    if sketch.status is Status.COMPLETE:
+        return "complete", "the sketch is complete; only a failed sketch can be retried"
+    if sketch.status is not Status.FAILED:
+        return (
+            "in_progress",
+            f"the sketch is still in progress ({sketch.status}); only a failed one can be retried",
+        )
+    if sketch.image_object is None:
+        return (
+            "still_not_kept",
+            "the sketch failed before its still was kept, so there is nothing to start from",
+        )
+    return None
 
 
 def new_sketch_id() -> str:
@@ -227,10 +297,6 @@ def new_sketch_id() -> str:
 def is_sketch_id(value: str) -> bool:
     """Whether `value` could be a sketch id (anything else need not be looked up)."""
     return _SKETCH_ID.fullmatch(value) is not None
-
-
-def iso_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def utcnow() -> datetime:

@@ -71,7 +71,7 @@ def _visible(value: str) -> bool:
 class CreateSketchRequest(BaseModel):
     """The body of `POST create_sketch`; any field not listed here is refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     prompt: Prompt
     negative_prompt: NegativePrompt = ""

@@ -8,8 +8,8 @@ Once that time has run out, the first caller about to ask Novita for something p
 (a conditional write) and asks; others that would ask Novita wait while the probe is out, and a
 create that asks Novita nothing (its still is a queued Seedream step) is accepted at once. The
 holder settles the probe on Novita's answer: a success closes the breaker, a balance refusal opens it
-again, and any other answer gives the probe back for the next caller. A holder that dies loses the
-probe after `BREAKER_PROBE` seconds.
+again, and any other answer gives the probe back for the next caller. A probe lasts `BREAKER_PROBE`
+seconds: a holder that died, or whose request is slow, then lets the next caller ask too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from shared.core.timings import BREAKER_PROBE
 from shared.google.api import AlreadyExists, PreconditionFailed, Unavailable
 from shared.google.firestore import Document, Firestore
-from shared.novita.client import NovitaError
+from shared.novita.errors import NovitaError
 from shared.sketch.model import utcnow
 from shared.sketch.store import StoreUnavailable
 

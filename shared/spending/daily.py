@@ -12,12 +12,15 @@ request is ever made past a cap.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
 from shared.google.firestore import Write
+
+log = logging.getLogger(__name__)
 
 # Counters outlive their day by this much before Firestore's TTL policy removes them.
 COUNTER_KEEP = timedelta(days=2)
@@ -56,16 +59,13 @@ class DailyCaps:
         self._collection = f"{collection}_daily"
         self._limits: dict[Cap, int] = {"user": per_user, "guest": per_guest, "project": total}
         self._lock = threading.Lock()
-        # A day this instance saw the project's cap reached: refused without asking Firestore.
-        self._full_day: str | None = None
+        # The day this instance last logged the project's cap reached. Refusals themselves always
+        # ask Firestore: an operator who lifts the cap or clears today's counter is obeyed at once.
+        self._warned_day: str | None = None
 
     def counts(self, user_id: str | None, guest: bool, now: datetime) -> list[Count]:
-        """The counts a new sketch of this caller takes today; DailyLimitReached at once when this
-        instance already knows the project's cap is reached."""
+        """The counts a new sketch of this caller takes today."""
         day = f"{now:%Y%m%d}"
-        with self._lock:
-            if self._full_day == day:
-                raise DailyLimitReached("project", self._limits["project"], next_utc_day(now))
         keep = {"day": f"{now:%Y-%m-%d}", "expires_at": next_utc_day(now) + COUNTER_KEEP}
         counts = [Count("project", self._limits["project"], self._collection, f"project-{day}", keep)]
         if user_id is not None:
@@ -81,5 +81,13 @@ class DailyCaps:
             if total > count.limit:
                 if count.cap == "project":
                     with self._lock:
-                        self._full_day = f"{now:%Y%m%d}"
+                        first = self._warned_day != f"{now:%Y%m%d}"
+                        self._warned_day = f"{now:%Y%m%d}"
+                    if first:  # once per instance and day: the line an operator's alert counts
+                        log.warning(
+                            "the project's daily cap of %d sketches is reached: new sketches are "
+                            "refused until %s",
+                            count.limit,
+                            next_utc_day(now).isoformat(),
+                        )
                 raise DailyLimitReached(count.cap, count.limit, next_utc_day(now))

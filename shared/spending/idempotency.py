@@ -39,6 +39,10 @@ class KeyInUse(Exception):
     """The request that first used the key is still being handled."""
 
 
+class SketchGone(Exception):
+    """The key made a sketch that has been deleted since: its first answer cannot be given again."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """What `create_sketch` answered the first request: replayed for every repeat."""

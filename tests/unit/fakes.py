@@ -179,5 +179,5 @@ class MemoryStorage(Storage):
             raise NotFound("NOT_FOUND", name)
         return {"name": name, "metadata": dict(self.objects[(bucket, name)][1])}
 
-    def delete(self, bucket: str, name: str) -> None:
-        self.objects.pop((bucket, name), None)
+    def delete(self, bucket: str, name: str) -> bool:
+        return self.objects.pop((bucket, name), None) is not None

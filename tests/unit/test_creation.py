@@ -10,13 +10,13 @@ import pytest
 
 from shared.core.timings import CREATE_LEASE
 from shared.edge.callers import NOBODY, Caller
-from shared.novita.client import NovitaOutcomeUnknown, NovitaRejected
+from shared.novita.errors import NovitaOutcomeUnknown, NovitaRejected
 from shared.pipeline.creation import StartFailed
 from shared.sketch.model import Status
 from shared.sketch.request import CreateSketchRequest
 from shared.spending.breaker import BalanceExhausted
 from shared.spending.daily import DailyLimitReached
-from shared.spending.idempotency import KeyReused
+from shared.spending.idempotency import KeyReused, SketchGone
 from tests.unit.world import World
 
 BODY = {"prompt": "a walrus"}
@@ -89,16 +89,40 @@ def test_a_refusal_fails_the_sketch_with_the_reason() -> None:
     )
 
 
-def test_the_projects_daily_cap_holds_in_every_auth_mode_and_leaves_nothing_behind() -> None:
+def test_the_projects_daily_cap_holds_in_every_auth_mode_and_leaves_nothing_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     world = World(MAX_SKETCHES_PER_DAY_TOTAL="2")
     world.novita.script["txt2img"] = ["img-1", "img-2"]
     create(world)
     create(world, Caller("someone"))
 
-    with pytest.raises(DailyLimitReached) as refused:
-        create(world, Caller("another"))
-    assert refused.value.cap == "project"
+    for caller in (Caller("another"), Caller("a third")):
+        with pytest.raises(DailyLimitReached) as refused:
+            create(world, caller)
+        assert refused.value.cap == "project"
     assert len(world.store.newest(None, 10, None)) == 2 and world.novita.count("txt2img") == 2
+    # One WARNING per instance and day, for an operator's alert; not one per refused request.
+    reached = [r for r in caplog.records if "daily cap of 2 sketches is reached" in r.getMessage()]
+    assert [r.levelname for r in reached] == ["WARNING"]
+
+
+def test_clearing_todays_project_count_lets_sketches_in_again_at_once() -> None:
+    """Refusals past the project's cap ask Firestore each time: an operator who clears today's
+    counter (or lifts the cap) is obeyed without waiting for new instances."""
+    world = World(MAX_SKETCHES_PER_DAY_TOTAL="1")
+    world.novita.script["txt2img"] = ["img-1", "img-2"]
+    create(world)
+    with pytest.raises(DailyLimitReached):
+        create(world, Caller("another"))
+
+    (counter,) = [
+        key for key in world.db._docs if key[0].endswith("_daily") and key[1].startswith("project-")
+    ]
+    del world.db._docs[counter]
+
+    assert create(world, Caller("another")).sketch.status is Status.IMAGE_PENDING
+    assert world.novita.count("txt2img") == 2
 
 
 def test_guests_have_their_own_lower_cap() -> None:
@@ -111,6 +135,17 @@ def test_guests_have_their_own_lower_cap() -> None:
     assert refused.value.cap == "guest"
     create(world, Caller("member"))
     create(world, Caller("member"))
+
+
+def test_a_key_repeated_after_its_sketch_was_deleted_is_told_so_and_makes_nothing() -> None:
+    world = World()
+    world.novita.script["txt2img"] = ["img-1"]
+    first = create(world, key="k-1")
+    world.store.remove(first.sketch.id)
+
+    with pytest.raises(SketchGone):
+        create(world, key="k-1")
+    assert world.store.newest(None, 10, None) == [] and world.novita.count("txt2img") == 1
 
 
 def test_a_repeated_key_gets_the_same_sketch_and_novita_is_asked_once() -> None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.pipeline.check import Hint
-from shared.pipeline.queue import QueueUnavailable
+from shared.pipeline.queue import Hint, QueueUnavailable
 from shared.sketch.model import Status
 from tests.unit.world import World
 

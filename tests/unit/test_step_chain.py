@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.novita.client import NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
+from shared.novita.errors import NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
 from shared.pipeline.queue import Step
 from shared.pipeline.results import Outcome
 from shared.pipeline.work import Busy, RetryLater, Waiting
@@ -187,3 +187,32 @@ def test_a_still_that_breaks_a_rule_fails_the_sketch_before_kling_is_asked() -> 
     failed = world.stored(sketch.id)
     assert failed.status is Status.FAILED and "at least 300x300" in (failed.error_message or "")
     assert world.novita.calls == []
+
+
+def test_once_kept_the_still_comes_from_the_bucket_and_kling_is_given_the_copy() -> None:
+    """Kling answered 503 after the still was kept; by the next try Novita's link has expired (and a
+    Seedream still's cannot be renewed, having no task): the copy in the bucket serves both the fetch
+    and Kling's reference form, and no link is renewed."""
+    world = World()
+    world.novita.remember("image_to_video", "reference")
+    sketch = world.sketch(
+        Status.IMAGE_COMPLETE,
+        image_form="sync",
+        novita_image_url=STILL_URL,
+        novita_image_url_expires_at=later(3600),
+    )
+    world.novita.script["kling"] = [NovitaUnavailable("busy", status_code=503), "vid-1"]
+    with pytest.raises(RetryLater):
+        chain(world, sketch)
+    kept = world.stored(sketch.id)
+    assert kept.image_object is not None and kept.image_url != STILL_URL
+    world.media.files["/still.jpg"] = (403, b"")  # Novita's link expired meanwhile, as its backoff ran
+    world.store.mutate(sketch.id, lambda s: {"retry_not_before": None, "novita_image_url_expires_at": ago(1)})
+
+    assert chain(world, world.stored(sketch.id)) is Outcome.APPLIED
+    after = world.stored(sketch.id)
+    assert after.status is Status.VIDEO_PENDING and after.video_task_id == "vid-1"
+    assert [request["still_url"] for name, request in world.novita.calls if name == "kling"] == [
+        kept.image_url
+    ] * 2
+    assert world.novita.count("task_result") == 0 and world.media.asked.count("/still.jpg") == 1

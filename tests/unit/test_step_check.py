@@ -9,8 +9,7 @@ import logging
 import pytest
 
 from shared.pipeline import paid
-from shared.pipeline.check import Hint
-from shared.pipeline.queue import Step
+from shared.pipeline.queue import Hint, Step
 from shared.pipeline.results import Outcome
 from shared.sketch.model import Sketch, Status, StepKind
 from tests.unit.world import STILL_URL, World, ago, image_result, later, result, video_result
@@ -67,6 +66,24 @@ def test_a_webhook_naming_the_task_of_a_lost_answer_is_adopted(caplog: pytest.Lo
     after = world.stored(sketch.id)
     assert after.video_task_id == "vid-9" and after.submission_unknown is None
     assert "adopted a task whose request had no known outcome" in caplog.text
+
+
+def test_the_task_a_delivery_named_is_adopted_by_recovery_when_its_check_was_lost() -> None:
+    """A webhook named the task of a lost answer, but the check it handed on never ran (Pub/Sub lost
+    it): the next hint-less check asks about that task, rather than wait out the grace and pay again."""
+    world = World()
+    lost = {"submission_unknown": "video", "submission_unknown_since": ago(5), "submission_webhook": True}
+    sketch = world.sketch(Status.IMAGE_COMPLETE, image_task_id="img-1", **lost)
+    assert world.recovery.delivered(sketch.id, Hint("vid-9", "video")) == "queued"
+    world.pubsub.published.clear()  # the check it handed on is lost
+    world.novita.script["task_result"] = [result("vid-9", "TASK_STATUS_PROCESSING"), video_result("vid-9")]
+
+    assert check(world, world.stored(sketch.id)) is Outcome.IN_PROGRESS  # still drawing: it waits
+    assert world.stored(sketch.id).submission_unknown == "video"
+    assert check(world, world.stored(sketch.id)) is Outcome.APPLIED
+    after = world.stored(sketch.id)
+    assert after.video_task_id == "vid-9" and after.submission_unknown is None
+    assert world.novita.count("kling") == 0 and world.novita.count("task_result") == 2
 
 
 def test_a_task_the_sketch_never_made_is_ignored_with_a_warning_naming_it(

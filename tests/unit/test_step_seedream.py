@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.novita.client import NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
+from shared.novita.errors import NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
 from shared.pipeline.queue import Step
 from shared.pipeline.results import Outcome
 from shared.pipeline.work import RetryLater

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from PIL import Image
@@ -17,7 +19,8 @@ from PIL import Image
 from shared.core.config import Settings, settings_from
 from shared.core.deadline import Deadline
 from shared.media.fetch import media_client
-from shared.novita.client import Form, NovitaClient, NovitaError
+from shared.novita.client import Form, NovitaClient
+from shared.novita.errors import NovitaError
 from shared.novita.models import TaskResult
 from shared.pipeline.creation import Creator
 from shared.pipeline.queue import Step, StepQueue
@@ -106,7 +109,8 @@ class ScriptedNovita(NovitaClient):
 
 @dataclass
 class MediaHost:
-    """The media host: answers from `files` (by path), and counts what it was asked."""
+    """The media host: answers from `files` (by path) and, as Firebase's download URLs do, with the
+    objects of `storage`; it counts what it was asked."""
 
     files: dict[str, tuple[int, bytes]] = field(
         default_factory=lambda: {
@@ -115,9 +119,16 @@ class MediaHost:
         }
     )
     asked: list[str] = field(default_factory=list)
+    storage: MemoryStorage | None = None
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.asked.append(request.url.path)
+        kept = re.fullmatch(
+            r"(?:/v0|/download/storage/v1)/b/([^/]+)/o/([^/?]+)", request.url.raw_path.decode().split("?")[0]
+        )
+        if kept is not None and self.storage is not None:
+            found = self.storage.objects.get((kept[1], unquote(kept[2])))
+            return httpx.Response(200, content=found[0]) if found else httpx.Response(404)
         status, body = self.files.get(request.url.path, (404, b""))
         return httpx.Response(status, content=body)
 
@@ -147,7 +158,7 @@ class World:
         self.db = MemoryFirestore()
         self.pubsub = MemoryPubSub()
         self.storage = MemoryStorage()
-        self.media = MediaHost()
+        self.media = MediaHost(storage=self.storage)
         self.novita = ScriptedNovita(self.settings)
         self.store = SketchStore(self.db, self.settings.sketches_collection)
         self.results = Results(self.settings, self.store)
@@ -167,7 +178,7 @@ class World:
             lambda host, port: ["127.0.0.1"],
         )
         self.worker = Worker(self.tools)
-        self.recovery = Recovery(self.store, self.results, self.worker, self.queue)
+        self.recovery = Recovery(self.store, self.results, lambda: self.worker, self.queue)
         self.caps = DailyCaps(
             self.settings.sketches_collection,
             per_user=self.settings.max_sketches_per_day,
