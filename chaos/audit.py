@@ -23,7 +23,8 @@ keeps the prompt of each text-to-image, Seedream and Kling call. Its checks:
 
 Beside the checks, a figure: the creates refused for Novita's balance when it had been back for
 longer than the breaker's own time (`late_refusals`). The breaker's design allows them (a probe
-whose holder died holds every create off for `BREAKER_PROBE`), so they are counted, not failed.
+whose holder died holds creates that ask Novita off for `BREAKER_PROBE`, 10 s), so they are counted,
+not failed.
 """
 
 from __future__ import annotations

@@ -2,13 +2,11 @@
 final, within the bound (`SETTLE_BOUND`).
 
 The bound is the longest a sketch may rightly need once the faults stop, with the run's settings
-(`chaos/run.py`). The longest wait of all is the balance breaker's probe: taken by a holder that was
-killed just before, it holds every paid request off for `BREAKER_PROBE` (115 s) before another may
-ask. The other waits run meanwhile or are shorter: the grace for a lost answer's webhook
-(UNKNOWN_OUTCOME_GRACE_SECONDS, 30 s), the backoff after Novita failed a sketch's paid requests (at
-most 60 s, `PAID_RETRY_BACKOFF_MAX`). Then a killed holder's lease runs out (STEP_LEASE_SECONDS, 20 s),
-a step comes back from Pub/Sub (at most 4 s), the sweep finds it (every 3 s), and Novita and the copy
-take their few seconds: about 160 s, and the bound leaves 40 s more.
+(`chaos/run.py`): the grace for a lost answer's webhook (UNKNOWN_OUTCOME_GRACE_SECONDS, 30 s), then the
+backoff after Novita failed the request sent again (at most 60 s, `PAID_RETRY_BACKOFF_MAX`); a killed
+holder's lease (STEP_LEASE_SECONDS, 20 s) or a dead balance probe's (`BREAKER_PROBE`, 10 s); a step
+coming back from Pub/Sub (at most 4 s), the sweep finding it (every 3 s), and Novita's and the copy's
+few seconds: about 125 s, and the bound leaves 25 s more.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from google.cloud import firestore
 
 from devstack.stack import COLLECTION, PROJECT, LocalStack
 
-SETTLE_BOUND = 200.0
+SETTLE_BOUND = 150.0
 LOOK_EVERY = 2.0
 FINAL = ("complete", "failed")
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -295,7 +296,10 @@ class Stack:
             server.log_path.unlink(missing_ok=True)  # this run's lines only
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
         self.restarted: list[str] = []
-        self.db = firestore.Client(project=self.project)
+        # The SDK reads its emulator's address from the environment when it is made: this stack's
+        # own (test_faults.py gives its stacks emulators of their own), not the session's.
+        with mock.patch.dict(os.environ, {"FIRESTORE_EMULATOR_HOST": self.emulator.host}):
+            self.db = firestore.Client(project=self.project)
         self.collection = self.env.get("SKETCHES_COLLECTION", "sketches")
         self.guest: Guest | None = None
 

@@ -35,14 +35,23 @@ def run(tools: Tools, sketch: Sketch, deadline: Deadline) -> Outcome:
     with leases.take(tools, sketch, may) as lease:
         if lease is None:
             return Outcome.IN_PROGRESS
-        still = _fetch_still(tools, lease, deadline)
-        if still is None:
-            return Outcome.APPLIED
-        if tools.storage is not None and lease.sketch.image_object is None:
-            kept = _store_still(tools, lease, still, deadline)
-            if kept is not None:
-                return kept
+        still = fetch_and_keep(tools, lease, deadline)
+        if isinstance(still, Outcome):
+            return still
         return start_kling(tools, lease, still, deadline)
+
+
+def fetch_and_keep(tools: Tools, lease: Lease, deadline: Deadline) -> Still | Outcome:
+    """The still, fetched and checked, and kept in the bucket if it is not yet; or the outcome that
+    ends the step instead (the still was refused, its name is taken, the sketch was deleted)."""
+    still = _fetch_still(tools, lease, deadline)
+    if still is None:
+        return Outcome.APPLIED
+    if tools.storage is not None and lease.sketch.image_object is None:
+        kept = _store_still(tools, lease, still, deadline)
+        if kept is not None:
+            return kept
+    return still
 
 
 def start_kling(tools: Tools, lease: Lease, still: Still, deadline: Deadline) -> Outcome:

@@ -3,6 +3,8 @@ form of text to image), which answers with the image itself after drawing it.
 
 Its answer is the only way the still can reach the sketch (no task, no webhook): a request whose
 answer was lost can never be adopted, so the next delivery sends it again (`shared/pipeline/paid.py`).
+For the same reason its link cannot be renewed once it expires, so the step keeps the still in the
+bucket at once, while the link is fresh; if it cannot just now, the chain keeps it as for any still.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from shared.core.deadline import Deadline
 from shared.novita.errors import NovitaError, NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
 from shared.pipeline import lease as leases
 from shared.pipeline import paid
+from shared.pipeline.chain import fetch_and_keep
 from shared.pipeline.check import hand_on
 from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, Outcome, fail_changes, progress_at
 from shared.pipeline.work import RetryLater, Tools, Waiting, after_novita_failed, record_paid
@@ -70,18 +73,30 @@ def run(tools: Tools, sketch: Sketch, deadline: Deadline) -> Outcome:
             lease.release(due=utcnow())
             raise RetryLater(f"Seedream's answer was lost: {error.describe()}") from error
         now = utcnow()
+        due = {"recovery_due_at": tools.results.recovery_due(now, StepKind.CHAIN)}
         drawn: Changes = {
             "status": Status.IMAGE_COMPLETE,
             "image_url": url,
             "novita_image_url": url,
             "progress": progress_at("chain"),
             "eta_seconds": None,
-            **NO_LEASE,
             **OUTCOME_KNOWN,
-            "recovery_due_at": tools.results.recovery_due(now, StepKind.CHAIN),
+            **due,
         }
         made = record_paid("the still Seedream drew", lambda: lease.finish(drawn), deadline)
-    log.info("Seedream drew the still", extra={"form": "reference"})
-    if made is not None:
-        hand_on(tools, made, now)
+        log.info("Seedream drew the still", extra={"form": "reference"})
+        if made is None:
+            return Outcome.APPLIED
+        if tools.storage is not None:
+            try:
+                kept = fetch_and_keep(tools, lease, deadline)
+            except RetryLater as exc:
+                log.warning("the still could not be kept yet; the chain will keep it: %s", exc)
+            else:
+                if isinstance(kept, Outcome):
+                    return kept  # refused (the sketch failed), or the sketch was deleted
+        # None when the lease went back already (the keeping gave up on a fault that may pass).
+        latest = lease.finish({**NO_LEASE, **due}) or tools.store.get(made.id)
+    if latest is not None:
+        hand_on(tools, latest, now)
     return Outcome.APPLIED

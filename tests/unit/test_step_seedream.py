@@ -30,7 +30,36 @@ def test_the_still_is_drawn_once_and_the_chain_handed_on() -> None:
     drawn = world.stored(sketch.id)
     assert drawn.status is Status.IMAGE_COMPLETE and drawn.novita_image_url == STILL_URL
     assert drawn.image_task_id is None and drawn.submission_unknown is None
-    assert world.published_kinds() == ["chain"]
+    assert drawn.step_lease_owner is None and world.published_kinds() == ["chain"]
+
+
+def test_the_still_is_kept_at_once_for_its_link_can_never_be_renewed() -> None:
+    """However late the chain runs, it takes the still from the bucket: Novita's link to a Seedream
+    still has no task to renew it from once it expires."""
+    world = World()
+    sketch = waiting_for_seedream(world)
+    world.novita.script["seedream"] = [STILL_URL]
+    world.novita.script["kling"] = ["vid-1"]
+
+    seedream(world, sketch)
+    kept = world.stored(sketch.id)
+    assert kept.image_object is not None and kept.still_source == kept.image_url != STILL_URL
+    world.media.files["/still.jpg"] = (403, b"")  # the link has expired by the time the chain runs
+    world.run(world.published()[0])
+
+    assert world.stored(sketch.id).status is Status.VIDEO_PENDING and world.novita.count("task_result") == 0
+
+
+def test_a_still_that_cannot_be_kept_just_now_is_left_to_the_chain() -> None:
+    world = World()
+    sketch = waiting_for_seedream(world)
+    world.novita.script["seedream"] = [STILL_URL]
+    world.media.files["/still.jpg"] = (503, b"")
+
+    assert seedream(world, sketch) is Outcome.APPLIED
+    drawn = world.stored(sketch.id)
+    assert drawn.status is Status.IMAGE_COMPLETE and drawn.image_object is None
+    assert drawn.step_lease_owner is None and world.published_kinds() == ["chain"]
 
 
 def test_a_lost_answer_can_never_reach_the_sketch_so_the_next_delivery_asks_again() -> None:
