@@ -160,12 +160,22 @@ class Emulators:
 
     @classmethod
     def start(cls, log_dir: Path) -> Emulators:
-        return cls(
-            FirestoreEmulator(log_dir / "firestore-emulator.log").start(),
-            PubSubEmulator(log_dir / "pubsub-emulator.log").start(),
-            StorageEmulator(log_dir / "storage-emulator.log", BUCKET).start(),
-            AuthEmulator(log_dir / "auth-emulator.log", PROJECT).start(),
+        """All four started; if one cannot start, the ones started before it are stopped again."""
+        emulators = (
+            FirestoreEmulator(log_dir / "firestore-emulator.log"),
+            PubSubEmulator(log_dir / "pubsub-emulator.log"),
+            StorageEmulator(log_dir / "storage-emulator.log", BUCKET),
+            AuthEmulator(log_dir / "auth-emulator.log", PROJECT),
         )
+        started: list[Any] = []
+        try:
+            for emulator in emulators:
+                started.append(emulator.start())
+        except BaseException:
+            for emulator in reversed(started):
+                emulator.stop()
+            raise
+        return cls(*emulators)
 
     @classmethod
     def attach(cls, addresses: dict[str, int]) -> Emulators:
@@ -296,6 +306,7 @@ class Stack:
             server.log_path.unlink(missing_ok=True)  # this run's lines only
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
         self.restarted: list[str] = []
+        self.supervisor: Supervisor | None = None
         # The SDK reads its emulator's address from the environment when it is made: this stack's
         # own (test_faults.py gives its stacks emulators of their own), not the session's.
         with mock.patch.dict(os.environ, {"FIRESTORE_EMULATOR_HOST": self.emulator.host}):
@@ -308,12 +319,17 @@ class Stack:
         return self.webhook, self.steps, self.create
 
     def start(self) -> Stack:
-        self.simulator.start()
-        self.pubsub.create_topology(self.project, self.steps.url)
-        for server in self.servers:
-            server.start()
-        # A function process that dies comes back on its port, as Cloud Run starts a new instance.
-        self.supervisor = Supervisor(self.servers, lambda text: self.restarted.append(text)).start()
+        """Everything started; if a part cannot start, the parts started before it are stopped."""
+        try:
+            self.simulator.start()
+            self.pubsub.create_topology(self.project, self.steps.url)
+            for server in self.servers:
+                server.start()
+            # A function process that dies comes back on its port, as Cloud Run starts a new instance.
+            self.supervisor = Supervisor(self.servers, lambda text: self.restarted.append(text)).start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @contextmanager
@@ -344,7 +360,8 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        self.supervisor.stop()
+        if self.supervisor is not None:
+            self.supervisor.stop()
         for server in self.servers:
             server.stop()
         self.simulator.stop()

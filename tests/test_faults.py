@@ -36,14 +36,16 @@ def outage_stacks() -> Iterator[dict[str, Stack]]:
     """A stack under each personality whose recovery runs on a short clock, on emulators of their
     own: the outages stop and restart them, which no other test may see."""
     emulators = Emulators.start(LOG_DIR / WORKER / "outage")
-    stacks = {
-        personality: Stack(emulators, QUICK_RECOVERY, f"outage-{personality}", personality).start()
-        for personality in ("guide", "reference")
-    }
-    yield stacks
-    for stack in stacks.values():
-        stack.stop()
-    emulators.stop()
+    stacks: dict[str, Stack] = {}
+    try:
+        for personality in ("guide", "reference"):
+            stacks[personality] = Stack(emulators, QUICK_RECOVERY, f"outage-{personality}", personality)
+            stacks[personality].start()
+        yield stacks
+    finally:  # a stack that failed to start leaves no process behind either
+        for stack in stacks.values():
+            stack.stop()
+        emulators.stop()
 
 
 @pytest.fixture(params=["guide", "reference"])

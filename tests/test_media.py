@@ -9,7 +9,6 @@ under a `Deadline`, and the tests about time measure the whole call.
 
 from __future__ import annotations
 
-import datetime
 import io
 import ipaddress
 import socket
@@ -26,10 +25,6 @@ from typing import Self
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
@@ -45,6 +40,7 @@ from shared.media.policy import (
     default_resolver,
 )
 from shared.media.still import Still, inspect_still
+from tests.certificates import self_signed_cert
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -1005,30 +1001,6 @@ def test_stream_refuses_an_error_status_before_the_body(server: LoopbackServer, 
     with pytest.raises(MediaExpired), stream(server.url("/404"), client, max_bytes=1024):
         entered = True
     assert not entered
-
-
-def self_signed_cert(name: str) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 @dataclass

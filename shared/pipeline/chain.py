@@ -9,13 +9,13 @@ from datetime import timedelta
 from shared.core.deadline import Deadline
 from shared.media.fetch import fetch_media
 from shared.media.still import Still, inspect_still
-from shared.novita.client import NovitaError, NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
+from shared.novita.client import NovitaError, NovitaRejected, NovitaUnavailable
 from shared.pipeline import lease as leases
 from shared.pipeline import paid
 from shared.pipeline.lease import Lease
 from shared.pipeline.links import from_novita, removed_if_gone, still_name, upload
-from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, Outcome, fail_changes, progress_at
-from shared.pipeline.work import RetryLater, Tools, Waiting, after_novita_failed, record_paid
+from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, Outcome, progress_at
+from shared.pipeline.work import RetryLater, Tools, record_paid
 from shared.sketch.model import Sketch, Status, StepKind, utcnow
 from shared.sketch.store import Changes
 
@@ -57,40 +57,24 @@ def fetch_and_keep(tools: Tools, lease: Lease, deadline: Deadline) -> Still | Ou
 def start_kling(tools: Tools, lease: Lease, still: Still, deadline: Deadline) -> Outcome:
     """Ask Kling to animate `still` for the lease's sketch, and record its task: the one place an
     image-to-video task is paid for (the chain, and a retry from the kept still)."""
-    probe = tools.breaker.check()
     sketch = lease.sketch
-    error: NovitaError | None = None
-    try:
-        try:
-            video_task_id, form = tools.novita.start_image_to_video(
-                still=still,
-                still_url=sketch.still_source or "",
-                prompt=sketch.video_prompt,
-                negative_prompt=sketch.negative_prompt,
-                duration=sketch.duration,
-                webhook_url=tools.webhook_url(sketch.id, "video"),
-                deadline=deadline,
-                # Kling's guide form registers a webhook, which names the sketch; the reference's has none.
-                sending=lambda form: paid.send(lease, "video", webhook=form == "guide"),
-            )
-        except NovitaError as exc:
-            error = exc
-        tools.breaker.settle(probe, error)
-    finally:
-        tools.breaker.release(probe)  # nothing was asked after all (the lease was lost first)
-    if isinstance(error, NovitaRejected):
-        if error.is_balance:
-            # The chain can wait: its step comes back, with backoff, until the balance does.
-            lease.release(OUTCOME_KNOWN)
-            raise Waiting(None, f"Kling refused for the balance: {error.describe()}") from error
-        lease.finish(fail_changes(error.describe()))
-        log.warning("Kling refused the still: %s", error.describe())
-        return Outcome.APPLIED
-    if isinstance(error, NovitaUnavailable):
-        backoff = after_novita_failed(lease.sketch)
-        lease.release({**OUTCOME_KNOWN, **backoff}, due=backoff["retry_not_before"])
-        raise RetryLater(f"image-to-video could not be started: {error.describe()}") from error
-    if isinstance(error, NovitaOutcomeUnknown):
+    started = paid.ask(
+        tools,
+        lambda: tools.novita.start_image_to_video(
+            still=still,
+            still_url=sketch.still_source or "",
+            prompt=sketch.video_prompt,
+            negative_prompt=sketch.negative_prompt,
+            duration=sketch.duration,
+            webhook_url=tools.webhook_url(sketch.id, "video"),
+            deadline=deadline,
+            # Kling's guide form registers a webhook, which names the sketch; the reference's has none.
+            sending=lambda form: paid.send(lease, "video", webhook=form == "guide"),
+        ),
+    )
+    if isinstance(started, NovitaRejected | NovitaUnavailable):
+        return paid.refused(lease, started, "Kling")
+    if isinstance(started, NovitaError):  # no answer: the task may or may not exist
         # The record says which form was in flight: only the guide's can be adopted through its webhook.
         webhook = lease.sketch.submission_webhook
         now = utcnow()
@@ -98,11 +82,13 @@ def start_kling(tools: Tools, lease: Lease, still: Still, deadline: Deadline) ->
         lease.release(due=due)
         if not webhook:
             # Its task can never reach the sketch: the next delivery pays again, and says so.
-            raise RetryLater(f"Kling's answer was lost and its task cannot be found: {error.describe()}")
+            raise RetryLater(f"Kling's answer was lost and its task cannot be found: {started.describe()}")
         log.warning(
-            "image-to-video answer lost; waiting for its webhook, not sending it again: %s", error.describe()
+            "image-to-video answer lost; waiting for its webhook, not sending it again: %s",
+            started.describe(),
         )
         return Outcome.IN_PROGRESS
+    video_task_id, form = started
 
     def record(s: Sketch) -> Changes | None:
         if s.status is not Status.IMAGE_COMPLETE or s.video_task_id is not None:

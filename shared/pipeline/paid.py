@@ -18,14 +18,19 @@ it. A record left behind means this request may have started a paid task, so:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TypeVar
 
+from shared.novita.errors import NovitaError, NovitaRejected, NovitaUnavailable
 from shared.pipeline.lease import Lease
-from shared.pipeline.work import RetryLater
+from shared.pipeline.results import OUTCOME_KNOWN, Outcome, fail_changes
+from shared.pipeline.work import RetryLater, Tools, Waiting, after_novita_failed
 from shared.sketch.model import Sketch, Stage, utcnow
 from shared.sketch.store import Changes
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 MAX_REPAYS = 2
 WHAT: dict[Stage, str] = {"image": "text-to-image", "video": "image-to-video"}
@@ -80,6 +85,38 @@ def send(lease: Lease, stage: Stage, webhook: bool) -> Sketch:
             f"the lease was lost before the {WHAT[stage]} request could be sent; it was not sent"
         )
     return written
+
+
+def ask(tools: Tools, request: Callable[[], R]) -> R | NovitaError:
+    """Make a paid request of a step under the balance breaker (BalanceExhausted, with nothing sent,
+    while it is open): Novita's answer, or the error it gave, which the breaker hears too."""
+    probe = tools.breaker.check()
+    try:
+        try:
+            answer = request()
+        except NovitaError as exc:
+            tools.breaker.settle(probe, exc)
+            return exc
+        tools.breaker.settle(probe, None)
+        return answer
+    finally:
+        tools.breaker.release(probe)  # nothing was asked after all (the lease was lost first)
+
+
+def refused(lease: Lease, error: NovitaRejected | NovitaUnavailable, what: str) -> Outcome:
+    """What a refused paid request does to the step: a balance refusal gives the work back until the
+    balance is back, any other refusal fails the sketch with Novita's reason, and Novita out of reach
+    (429, 5xx, no connection) gives it back with backoff."""
+    if isinstance(error, NovitaUnavailable):
+        backoff = after_novita_failed(lease.sketch)
+        lease.release({**OUTCOME_KNOWN, **backoff}, due=backoff["retry_not_before"])
+        raise RetryLater(f"{what} could not be reached: {error.describe()}") from error
+    if error.is_balance:
+        lease.release(OUTCOME_KNOWN)
+        raise Waiting(None, f"{what} refused for the balance: {error.describe()}") from error
+    lease.finish(fail_changes(error.describe()))
+    log.warning("%s refused the request: %s", what, error.describe())
+    return Outcome.APPLIED
 
 
 def unanswered_reason(sketch: Sketch, grace: float) -> str:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 
 from shared.core.deadline import Deadline
-from shared.novita.errors import NovitaError, NovitaOutcomeUnknown, NovitaRejected, NovitaUnavailable
+from shared.novita.errors import NovitaError, NovitaRejected, NovitaUnavailable
 from shared.pipeline import lease as leases
 from shared.pipeline import paid
 from shared.pipeline.chain import fetch_and_keep
 from shared.pipeline.check import hand_on
-from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, Outcome, fail_changes, progress_at
-from shared.pipeline.work import RetryLater, Tools, Waiting, after_novita_failed, record_paid
+from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, Outcome, progress_at
+from shared.pipeline.work import RetryLater, Tools, record_paid
 from shared.sketch.model import Sketch, Status, StepKind, utcnow
 from shared.sketch.store import Changes
 
@@ -39,39 +39,20 @@ def run(tools: Tools, sketch: Sketch, deadline: Deadline) -> Outcome:
     with leases.take(tools, sketch, may) as lease:
         if lease is None:
             return Outcome.IN_PROGRESS
-        probe = tools.breaker.check()
-        error: NovitaError | None = None
-        try:
-            sketch = paid.send(lease, "image", webhook=False)
-            try:
-                url = tools.novita.seedream(
-                    prompt=sketch.prompt,
-                    width=sketch.width,
-                    height=sketch.height,
-                    seed=sketch.seed,
-                    deadline=deadline,
-                )
-            except NovitaError as exc:
-                error = exc
-            tools.breaker.settle(probe, error)
-        finally:
-            tools.breaker.release(probe)  # nothing was asked after all (the lease was lost first)
-        if isinstance(error, NovitaRejected):
-            if error.is_balance:
-                # The still can wait: its step comes back until the balance does.
-                lease.release(OUTCOME_KNOWN)
-                raise Waiting(None, f"Seedream refused for the balance: {error.describe()}") from error
-            lease.finish(fail_changes(error.describe()))
-            log.warning("Seedream refused the request: %s", error.describe())
-            return Outcome.APPLIED
-        if isinstance(error, NovitaUnavailable):
-            backoff = after_novita_failed(lease.sketch)
-            lease.release({**OUTCOME_KNOWN, **backoff}, due=backoff["retry_not_before"])
-            raise RetryLater(f"Seedream could not be reached: {error.describe()}") from error
-        if isinstance(error, NovitaOutcomeUnknown):
+
+        def draw() -> str:
+            sent = paid.send(lease, "image", webhook=False)
+            return tools.novita.seedream(
+                prompt=sent.prompt, width=sent.width, height=sent.height, seed=sent.seed, deadline=deadline
+            )
+
+        url = paid.ask(tools, draw)
+        if isinstance(url, NovitaRejected | NovitaUnavailable):
+            return paid.refused(lease, url, "Seedream")
+        if isinstance(url, NovitaError):
             # The still may be drawn and paid for, but it can never reach the sketch now.
             lease.release(due=utcnow())
-            raise RetryLater(f"Seedream's answer was lost: {error.describe()}") from error
+            raise RetryLater(f"Seedream's answer was lost: {url.describe()}") from url
         now = utcnow()
         due = {"recovery_due_at": tools.results.recovery_due(now, StepKind.CHAIN)}
         drawn: Changes = {
