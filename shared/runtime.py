@@ -167,16 +167,9 @@ class Runtime:
 
     @cached_property
     def caps(self) -> DailyCaps:
-        """One per instance: it remembers a day on which the project's cap was reached."""
         from shared.spending.daily import DailyCaps
 
-        settings = self.settings
-        return DailyCaps(
-            settings.sketches_collection,
-            per_user=settings.max_sketches_per_day,
-            per_guest=settings.max_guest_sketches_per_day,
-            total=settings.max_sketches_per_day_total,
-        )
+        return DailyCaps.of(self.settings)
 
     @cached_property
     def keys(self) -> IdempotencyKeys:

@@ -16,9 +16,12 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from shared.google.firestore import Write
+
+if TYPE_CHECKING:
+    from shared.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,16 @@ class DailyCaps:
         # The day this instance last logged the project's cap reached. Refusals themselves always
         # ask Firestore: an operator who lifts the cap or clears today's counter is obeyed at once.
         self._warned_day: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> DailyCaps:
+        """The caps the configuration sets; one per instance, so that it warns once a day."""
+        return cls(
+            settings.sketches_collection,
+            per_user=settings.max_sketches_per_day,
+            per_guest=settings.max_guest_sketches_per_day,
+            total=settings.max_sketches_per_day_total,
+        )
 
     def counts(self, user_id: str | None, guest: bool, now: datetime) -> list[Count]:
         """The counts a new sketch of this caller takes today."""

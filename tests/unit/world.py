@@ -179,12 +179,7 @@ class World:
         )
         self.worker = Worker(self.tools)
         self.recovery = Recovery(self.store, self.results, lambda: self.worker, self.queue)
-        self.caps = DailyCaps(
-            self.settings.sketches_collection,
-            per_user=self.settings.max_sketches_per_day,
-            per_guest=self.settings.max_guest_sketches_per_day,
-            total=self.settings.max_sketches_per_day_total,
-        )
+        self.caps = DailyCaps.of(self.settings)
         self.creator = Creator(
             self.settings,
             self.store,
