@@ -159,10 +159,12 @@ class Emulators:
         self.firestore, self.pubsub, self.storage, self.auth = firestore, pubsub, storage, auth
 
     @classmethod
-    def start(cls, log_dir: Path) -> Emulators:
-        """All four started; if one cannot start, the ones started before it are stopped again."""
+    def start(cls, log_dir: Path, *, restartable: bool = False) -> Emulators:
+        """All four started; if one cannot start, the ones started before it are stopped again.
+        `restartable`: Firestore sits behind a gate that a restart shuts first, so that, as with
+        Firestore itself, an outage loses no write a client was told of (`devstack/gate.py`)."""
         emulators = (
-            FirestoreEmulator(log_dir / "firestore-emulator.log"),
+            FirestoreEmulator(log_dir / "firestore-emulator.log", gated=restartable),
             PubSubEmulator(log_dir / "pubsub-emulator.log"),
             StorageEmulator(log_dir / "storage-emulator.log", BUCKET),
             AuthEmulator(log_dir / "auth-emulator.log", PROJECT),

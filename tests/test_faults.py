@@ -35,7 +35,7 @@ QUICK_RECOVERY = {
 def outage_stacks() -> Iterator[dict[str, Stack]]:
     """A stack under each personality whose recovery runs on a short clock, on emulators of their
     own: the outages stop and restart them, which no other test may see."""
-    emulators = Emulators.start(LOG_DIR / WORKER / "outage")
+    emulators = Emulators.start(LOG_DIR / WORKER / "outage", restartable=True)
     stacks: dict[str, Stack] = {}
     try:
         for personality in ("guide", "reference"):
