@@ -36,7 +36,7 @@ def examine(tools: Tools, sketch: Sketch, deadline: Deadline, hint: Hint | None 
             f"not finished within {max_age.total_seconds():.0f} s of {began} (last status {sketch.status})"
         )
         return fail_unless_final(tools.store, sketch, reason, "gave up on a sketch that did not finish")
-    asked = _task_to_ask(sketch, hint) or (_named_by_a_delivery(sketch) if hint is None else None)
+    asked = _task_to_ask(sketch, hint)
     if asked is None:
         if hint is not None:
             note_ignored(sketch, hint.task_id)
@@ -106,24 +106,20 @@ def _unanswered(tools: Tools, sketch: Sketch, now: datetime) -> Outcome | None:
 
 def _task_to_ask(sketch: Sketch, hint: Hint | None) -> tuple[str, Stage] | None:
     """Which task to ask Novita about: the one a webhook named, if the sketch waits on it; else the
-    task the sketch waits on, if any."""
+    task the sketch waits on; else, for a request whose answer was lost, the task a delivery named
+    (`hint_task_id`): the check that delivery handed on may have been lost with Pub/Sub, and asking
+    beats waiting out the grace and paying again. A task a retry muted has no stage, and is not."""
     if hint is not None:
         return (hint.task_id, hint.stage) if waits_on(sketch, hint.task_id, hint.stage) else None
-    if sketch.next_step() is not StepKind.CHECK:
+    if sketch.next_step() is StepKind.CHECK:
+        stage: Stage = "image" if sketch.status is Status.IMAGE_PENDING else "video"
+        task_id = sketch.task_of(stage)
+        if task_id is not None:
+            return task_id, stage
+    named, named_stage = sketch.hint_task_id, sketch.hint_stage
+    if named is None or named_stage is None or sketch.submission_unknown != named_stage:
         return None
-    stage: Stage = "image" if sketch.status is Status.IMAGE_PENDING else "video"
-    task_id = sketch.task_of(stage)
-    return None if task_id is None else (task_id, stage)
-
-
-def _named_by_a_delivery(sketch: Sketch) -> tuple[str, Stage] | None:
-    """The task a delivery named for a request whose answer was lost, when the check it handed on
-    never ran (Pub/Sub lost it): recovery asks about that task itself, rather than wait out the
-    grace and pay again. A task a retry muted has no stage and is never asked about."""
-    task_id, stage = sketch.hint_task_id, sketch.hint_stage
-    if task_id is None or stage is None or sketch.submission_unknown != stage:
-        return None
-    return (task_id, stage) if waits_on(sketch, task_id, stage) else None
+    return (named, named_stage) if waits_on(sketch, named, named_stage) else None
 
 
 def _result(tools: Tools, task_id: str, hint: Hint | None, deadline: Deadline) -> TaskResult | None:

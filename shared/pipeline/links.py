@@ -112,15 +112,10 @@ def from_novita(
     sketch (None); an expired link is renewed from task-result once; a fault that may pass gives the
     work back for the next delivery of the step."""
     what = "still" if stage == "image" else "video"
-    sketch: Sketch | None = lease.sketch
-    assert sketch is not None
-    if stage == "image":
-        # A kept still is fetched from the bucket (`Sketch.still_source`): Novita's link is not used.
-        link_expires = None if sketch.image_object else sketch.novita_image_url_expires_at
-    else:
-        link_expires = sketch.novita_video_url_expires_at
-    if link_expires is not None and link_expires <= utcnow():
-        sketch = renew_link(tools, lease, stage, deadline)
+    expires = lease.sketch.link_expires_at(stage)
+    fresh = expires is None or expires > utcnow()
+    # None once a link with no task to renew it from has failed the sketch.
+    sketch = lease.sketch if fresh else renew_link(tools, lease, stage, deadline)
     for attempt in (1, 2):
         if sketch is None:
             return None

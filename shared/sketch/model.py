@@ -235,6 +235,12 @@ class Sketch(BaseModel):
         Seedream still's cannot be renewed), else Novita's link."""
         return self.image_url if self.image_object is not None else self.novita_image_url
 
+    def link_expires_at(self, stage: Stage) -> datetime | None:
+        """When the link a step fetches the stage's medium from expires: never for a kept still."""
+        if stage == "video":
+            return self.novita_video_url_expires_at
+        return None if self.image_object is not None else self.novita_image_url_expires_at
+
     def task_of(self, stage: Stage) -> str | None:
         return self.image_task_id if stage == "image" else self.video_task_id
 
