@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from datetime import timedelta
 from functools import cache
 from importlib import metadata
@@ -35,8 +35,10 @@ from devstack.stack import Scheduler
 from devstack.storage import StorageEmulator
 from novita_simulator.config import SimulatorConfig
 from shared.core.config import Door
+from shared.core.http import KeptAlive, tls_context
 from shared.core.tokens import SWEEP_HEADER, sweep_token, webhook_url
 from shared.google import firestore as firestore_rest
+from shared.google.api import TIMEOUT as GOOGLE_TIMEOUT
 from shared.google.api import GoogleApi
 from shared.google.storage import CHUNK_BYTES
 from shared.pipeline.queue import Step, message
@@ -203,7 +205,8 @@ class Deployment:
                 pythonpath=extra_path,
             )
         self.http = httpx.Client(timeout=HTTP_TIMEOUT)
-        self.db = firestore_rest.Firestore(GoogleApi(self.http), self.project, base_url=stack.firestore.url)
+        self.google = KeptAlive(tls_context(), GOOGLE_TIMEOUT)
+        self.db = firestore_rest.Firestore(GoogleApi(self.google), self.project, base_url=stack.firestore.url)
         self.store = SketchStore(self.db, COLLECTION)
         self.scheduler: Scheduler | None = None
 
@@ -242,6 +245,7 @@ class Deployment:
         if self.pushes:
             self.purge()
         self.storage.stop()
+        self.google.close()
         self.http.close()
 
     def ended(self) -> dict[str, int]:
@@ -320,7 +324,7 @@ class Deployment:
             "task",
         )
         known = {"status": status, "submission_unknown": None, "submission_unknown_since": None}
-        return self.store.create(sketch.model_copy(update={**known, **fields}))[0]
+        return self.store.create(sketch.replace(**known, **fields))[0]
 
     def image_complete(self, prompt: str, image_url: str) -> Sketch:
         """A sketch whose still is made, waiting for its chain step."""
@@ -525,7 +529,7 @@ class Stack:
         request = CreateSketchRequest(prompt="bench emulator warm-up")
 
         def work(count: int) -> None:
-            with httpx.Client(timeout=HTTP_TIMEOUT) as http:
+            with closing(KeptAlive(tls_context(), GOOGLE_TIMEOUT)) as http:
                 db = firestore_rest.Firestore(GoogleApi(http), "bench-warmup", base_url=self.firestore.url)
                 store = SketchStore(db, COLLECTION)
                 for _ in range(count):
@@ -535,7 +539,7 @@ class Stack:
                     store.mutate(sketch.id, lambda s: {"image_task_id": "warm-up"}, known=read)
 
         def read_cost() -> float:
-            with httpx.Client(timeout=HTTP_TIMEOUT) as http:
+            with closing(KeptAlive(tls_context(), GOOGLE_TIMEOUT)) as http:
                 db = firestore_rest.Firestore(GoogleApi(http), "bench-warmup", base_url=self.firestore.url)
                 store = SketchStore(db, COLLECTION)
                 now = utcnow()

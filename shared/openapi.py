@@ -1,7 +1,7 @@
-"""The HTTP API of `create_sketch`, described: the error answer's models, and the OpenAPI 3.1 document
-built from the models the function validates its requests with and builds its answers from
-(`CreateSketchRequest`, `PublicSketch`, `SketchPage`, `ErrorAnswer`), so that the document cannot
-drift from what is sent.
+"""The HTTP API of `create_sketch`, described: the OpenAPI 3.1 document built from the model the
+function validates a create with (`CreateSketchRequest`) and the models of its answers
+(`shared/sketch/schemas.py`: `PublicSketch`, `SketchPage`, `ErrorAnswer`), which the tests hold the
+function's answers to, so that the document cannot drift from what is sent.
 
 `openapi.json` at the repository root is this document, and `GET create_sketch?openapi` serves it;
 `tests/unit/test_openapi_document.py` fails when the file and the code differ. To regenerate it:
@@ -23,10 +23,10 @@ from typing import Any, Literal
 from pydantic.json_schema import models_json_schema
 
 from shared.edge.cors import DEFAULT_REQUEST_HEADERS, EXPOSED
-from shared.sketch.errors import ErrorAnswer, ErrorCode
+from shared.sketch.errors import ErrorCode
 from shared.sketch.gallery import DEFAULT_LIMIT, MAX_LIMIT
-from shared.sketch.model import PublicSketch, SketchPage
 from shared.sketch.request import CreateSketchRequest
+from shared.sketch.schemas import ErrorAnswer, PublicSketch, SketchPage
 from shared.spending.idempotency import MAX_KEY_LENGTH
 
 Method = Literal["get", "post", "delete"]

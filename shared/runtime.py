@@ -8,17 +8,14 @@ step needs no Kling. That keeps a cold start to what its first request uses.
 from __future__ import annotations
 
 import logging
-import os
-import ssl
 import sys
 import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-import httpx
-
 from shared.core import logs
 from shared.core.config import ConfigError, Settings, get_settings
+from shared.core.http import Http, KeptAlive, tls_context
 from shared.google import firestore as firestore_rest
 from shared.google import pubsub as pubsub_rest
 from shared.google.api import EMULATOR_TOKEN, TIMEOUT, GoogleApi, MetadataToken, TokenSource
@@ -34,15 +31,17 @@ if TYPE_CHECKING:
     from shared.pipeline.deletion import Deletion
     from shared.pipeline.retry import Retrier
     from shared.pipeline.steps import Worker
+    from shared.pipeline.work import Tools
     from shared.spending.breaker import BalanceBreaker
     from shared.spending.daily import DailyCaps
     from shared.spending.idempotency import IdempotencyKeys
 
 log = logging.getLogger(__name__)
 
-# An instance serves up to 32 requests at once (deploy.sh), each on its own thread: keep that many
-# connections alive, so that a burst does not open (and TLS-handshake) new ones on every call.
-POOL = httpx.Limits(max_connections=100, max_keepalive_connections=64)
+# An instance serves up to 32 requests at once (deploy.sh), each on its own thread: Novita's client
+# keeps that many connections alive, so that a burst does not open (and TLS-handshake) new ones on
+# every call. (Google's, `KeptAlive`, keeps one per thread and host.)
+POOL_CONNECTIONS, POOL_KEPT_ALIVE = 100, 64
 
 
 def load_settings_or_exit() -> Settings:
@@ -56,31 +55,12 @@ def load_settings_or_exit() -> Settings:
         sys.exit(f"configuration error: {exc}")
 
 
-# The system's directory of trusted roots, hashed by subject as Debian and Ubuntu keep it (so do
-# Cloud Run's images): OpenSSL reads only the root a handshake needs, where loading a whole bundle
-# costs about 20 ms of a cold start.
-SYSTEM_CA_DIR = "/etc/ssl/certs"
-
-
-def tls_context(ca_dir: str = SYSTEM_CA_DIR) -> ssl.SSLContext:
-    """Verifying TLS context for every client: the system's roots, else certifi's bundle."""
-    try:
-        hashed = any(entry.name.endswith(".0") for entry in os.scandir(ca_dir))
-    except OSError:
-        hashed = False
-    return ssl.create_default_context(capath=ca_dir) if hashed else httpx.create_ssl_context()
-
-
-def google_http(tls: ssl.SSLContext) -> httpx.Client:
-    return httpx.Client(timeout=TIMEOUT, verify=tls, limits=POOL)
-
-
-def google_token(settings: Settings, http: httpx.Client, emulated: bool) -> TokenSource:
+def google_token(settings: Settings, http: Http, emulated: bool) -> TokenSource:
     """The emulators' stand-in token, or the instance's own from the metadata server."""
     return EMULATOR_TOKEN if emulated else MetadataToken(http, settings.metadata_host)
 
 
-def firestore_client(settings: Settings, http: httpx.Client, token: TokenSource) -> firestore_rest.Firestore:
+def firestore_client(settings: Settings, http: Http, token: TokenSource) -> firestore_rest.Firestore:
     """Firestore itself with the instance's service account, or the emulator when one is named."""
     host = settings.firestore_emulator_host
     api = GoogleApi(http, token=EMULATOR_TOKEN if host else token)
@@ -88,14 +68,14 @@ def firestore_client(settings: Settings, http: httpx.Client, token: TokenSource)
     return firestore_rest.Firestore(api, settings.project, base_url=base_url)
 
 
-def pubsub_client(settings: Settings, http: httpx.Client, token: TokenSource) -> pubsub_rest.PubSub:
+def pubsub_client(settings: Settings, http: Http, token: TokenSource) -> pubsub_rest.PubSub:
     host = settings.pubsub_emulator_host
     api = GoogleApi(http, token=EMULATOR_TOKEN if host else token)
     base_url = f"http://{host}" if host else pubsub_rest.PRODUCTION_URL
     return pubsub_rest.PubSub(api, settings.project, base_url=base_url)
 
 
-def storage_client(settings: Settings, http: httpx.Client, token: TokenSource) -> Storage:
+def storage_client(settings: Settings, http: Http, token: TokenSource) -> Storage:
     from shared.google import storage as storage_rest
 
     emulator = settings.storage_emulator_host
@@ -109,7 +89,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._tls = tls_context()
-        self._http = google_http(self._tls)
+        self._http = KeptAlive(self._tls, TIMEOUT)
         self._token = google_token(settings, self._http, emulated=False)
         self._db = firestore_client(settings, self._http, self._token)
         self.store = SketchStore(self._db, settings.sketches_collection)
@@ -126,7 +106,10 @@ class Runtime:
         from shared.pipeline.forms import FormsInFirestore
 
         with self._lock:
-            transport = httpx.HTTPTransport(verify=self._tls, limits=POOL)
+            import httpx
+
+            limits = httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_KEPT_ALIVE)
+            transport = httpx.HTTPTransport(verify=self._tls, limits=limits)
             memory = FormsInFirestore(self._db, self.settings.sketches_collection)
             return NovitaClient(self.settings, transport=transport, memory=memory)
 
@@ -144,15 +127,22 @@ class Runtime:
 
     @cached_property
     def worker(self) -> Worker:
+        from shared.pipeline.steps import Worker
+
+        return Worker(self.store, lambda: self.tools)
+
+    @cached_property
+    def tools(self) -> Tools:
+        import httpx
+
         from shared.media.fetch import media_client
         from shared.media.policy import default_resolver
-        from shared.pipeline.steps import Worker
         from shared.pipeline.work import Tools
 
         with self._lock:
             # A media host's fault that may pass fails the step, which Pub/Sub delivers again with backoff.
             media_http = media_client(transport=httpx.HTTPTransport(verify=self._tls))
-            tools = Tools(
+            return Tools(
                 self.settings,
                 self.store,
                 self.results,
@@ -163,7 +153,6 @@ class Runtime:
                 self.storage,
                 default_resolver,
             )
-            return Worker(tools)
 
     @cached_property
     def caps(self) -> DailyCaps:
@@ -198,7 +187,7 @@ class Runtime:
         from shared.pipeline.retry import Retrier
 
         with self._lock:
-            return Retrier(self._db, self.worker.tools, self.caps, self.keys)
+            return Retrier(self._db, self.tools, self.caps, self.keys)
 
     @cached_property
     def deletion(self) -> Deletion:

@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -37,7 +37,9 @@ from devstack.stack import Scheduler
 from devstack.storage import StorageEmulator
 from devstack.supervisor import Supervisor
 from novita_simulator import NovitaSimulator, SimulatorConfig
+from shared.core.http import KeptAlive, tls_context
 from shared.core.tokens import SWEEP_HEADER, sweep_token, webhook_url
+from shared.google.api import TIMEOUT as GOOGLE_TIMEOUT
 from shared.google.api import GoogleApi
 from shared.google.pubsub import PubSub
 from shared.pipeline.queue import Step, message
@@ -385,9 +387,9 @@ class Stack:
 
     def publish(self, step: Step, lifetime: float = 3600.0) -> None:
         """Publish a step as the functions do (signed), for Pub/Sub to push to the private door."""
-        api = GoogleApi(self.http)
         signed = message(step, WEBHOOK_SECRET, lifetime, time.time())
-        PubSub(api, self.project, base_url=self.pubsub.url).publish(TOPIC, [signed])
+        with closing(KeptAlive(tls_context(), GOOGLE_TIMEOUT)) as http:
+            PubSub(GoogleApi(http), self.project, base_url=self.pubsub.url).publish(TOPIC, [signed])
 
     def log_lines(self, message: str, sketch_id: str | None = None) -> list[dict[str, Any]]:
         """The webhook function's log lines (both doors) whose message starts with `message` (about
@@ -445,7 +447,7 @@ class Stack:
 
     def stored(self, sketch_id: str) -> Sketch | None:
         snapshot = self.db.collection(self.collection).document(sketch_id).get()
-        return Sketch.model_validate(snapshot.to_dict()) if snapshot.exists else None
+        return Sketch.from_document(snapshot.to_dict()) if snapshot.exists else None
 
     def stored_count(self) -> int:
         return sum(1 for _ in self.db.collection(self.collection).stream())

@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from google.cloud import firestore
 
 from devstack.emulator import FirestoreEmulator
+from shared.core.http import KeptAlive, Response, TransportError, tls_context
 from shared.google.api import (
     TIMEOUT,
     AlreadyExists,
@@ -36,6 +38,7 @@ from shared.google.firestore import (
 )
 from shared.sketch.model import Status
 from tests.conftest import Scripted
+from tests.google_http import MockHttp
 
 # A project of these tests' own on the shared emulator.
 PROJECT = "rest-tests"
@@ -92,14 +95,14 @@ def test_field_names_that_are_not_identifiers_are_quoted() -> None:
 
 
 @pytest.fixture
-def http(emulator: FirestoreEmulator) -> Iterator[httpx.Client]:
+def http(emulator: FirestoreEmulator) -> Iterator[KeptAlive]:
     emulator.reset(PROJECT)
-    with httpx.Client(timeout=TIMEOUT) as client:
+    with closing(KeptAlive(tls_context(), TIMEOUT)) as client:
         yield client
 
 
 @pytest.fixture
-def db(emulator: FirestoreEmulator, http: httpx.Client) -> Firestore:
+def db(emulator: FirestoreEmulator, http: KeptAlive) -> Firestore:
     return Firestore(GoogleApi(http), PROJECT, base_url=emulator.url)
 
 
@@ -142,30 +145,26 @@ def test_a_refused_call_says_why(db: Firestore) -> None:
     assert not isinstance(caught.value, Unavailable)
 
 
-class LosesFirstAnswer(httpx.BaseTransport):
+class LosesFirstAnswer(KeptAlive):
     """Passes requests to the emulator; the first answer is lost on its way back, as when a
     connection drops after Firestore applied the write."""
 
     def __init__(self) -> None:
-        self._inner = httpx.HTTPTransport()
+        super().__init__(tls_context(), TIMEOUT)
         self.sent = 0
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def request(self, method: str, url: str, **request: Any) -> Response:
         self.sent += 1
-        response = self._inner.handle_request(request)
+        response = super().request(method, url, **request)
         if self.sent == 1:
-            response.read()
-            raise httpx.ReadError("connection reset", request=request)
+            raise TransportError("connection reset")
         return response
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 def test_a_create_whose_answer_was_lost_is_refused_when_tried_again(emulator: FirestoreEmulator) -> None:
     emulator.reset(PROJECT)
     transport = LosesFirstAnswer()
-    with httpx.Client(transport=transport, timeout=TIMEOUT) as lossy:
+    with closing(transport) as lossy:
         db = Firestore(GoogleApi(lossy), PROJECT, base_url=emulator.url)
         # The first attempt landed; its retry finds the document there, so the caller reads it again
         # rather than writing it twice.
@@ -178,9 +177,7 @@ def test_a_create_whose_answer_was_lost_is_refused_when_tried_again(emulator: Fi
 
 def test_an_update_names_its_fields_and_the_version_it_expects() -> None:
     script = Scripted(httpx.Response(200, json={"writeResults": [{"updateTime": "t2"}]}))
-    db = Firestore(
-        GoogleApi(httpx.Client(transport=httpx.MockTransport(script))), "p", base_url="http://fs.test"
-    )
+    db = Firestore(GoogleApi(MockHttp(script)), "p", base_url="http://fs.test")
     assert db.update("c", "d", {"n": 1}, if_update_time="t1") == "t2"
     request = script.requests[0]
     assert str(request.url) == "http://fs.test/v1/projects/p/databases/(default)/documents:commit"
@@ -325,8 +322,6 @@ def test_a_query_whose_stream_breaks_off_is_an_error() -> None:
         {"error": {"code": 503, "message": "stream reset", "status": "UNAVAILABLE"}},
     ]
     script = Scripted(httpx.Response(200, json=stream))
-    db = Firestore(
-        GoogleApi(httpx.Client(transport=httpx.MockTransport(script))), "p", base_url="http://fs.test"
-    )
+    db = Firestore(GoogleApi(MockHttp(script)), "p", base_url="http://fs.test")
     with pytest.raises(Unavailable, match="stream reset"):
         db.query("c", limit=10)

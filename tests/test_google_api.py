@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from devstack.functions import ROOT
 from shared.core.config import settings_from
+from shared.core.http import KeptAlive, Timeout, tls_context
 from shared.google.api import (
     EMULATOR_TOKEN,
     RETRY_WINDOW,
@@ -35,13 +37,14 @@ from shared.google.api import (
 from shared.google.pubsub import Message
 from shared.runtime import firestore_client, google_token, pubsub_client, storage_client
 from tests.conftest import Scripted, firestore_error
+from tests.google_http import MockHttp
 
 URL = "http://api.test/v1/things/1"
 OK = httpx.Response(200, json={"name": "things/1"})
 
 
 def _api(script: Scripted, sleeps: list[float], token: TokenSource = EMULATOR_TOKEN) -> GoogleApi:
-    return GoogleApi(httpx.Client(transport=httpx.MockTransport(script)), token=token, sleep=sleeps.append)
+    return GoogleApi(MockHttp(script), token=token, sleep=sleeps.append)
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -122,8 +125,7 @@ def test_a_service_that_never_answers_is_given_up_on_within_the_window() -> None
         clock[0] += seconds
 
     script = Scripted(httpx.ConnectError("refused"))
-    http = httpx.Client(transport=httpx.MockTransport(script))
-    api = GoogleApi(http, sleep=sleep, clock=lambda: clock[0])
+    api = GoogleApi(MockHttp(script), sleep=sleep, clock=lambda: clock[0])
     with pytest.raises(Unavailable, match="no answer from api.test"):
         api.call("GET", URL)
     assert 0 < clock[0] <= RETRY_WINDOW and len(script.requests) >= 3
@@ -188,9 +190,13 @@ def metadata_factory() -> Iterator[Any]:
         server.close()
 
 
+def _real_http() -> KeptAlive:
+    return KeptAlive(tls_context(), Timeout(connect=5.0, read=5.0))
+
+
 def test_the_token_is_fetched_once_and_reused(metadata_factory: Any) -> None:
     metadata = metadata_factory()
-    with httpx.Client(timeout=5) as http:
+    with closing(_real_http()) as http:
         token = MetadataToken(http, metadata.host)
         assert [token(), token(), token()] == ["token-1"] * 3
     assert metadata.asked == 1
@@ -198,14 +204,14 @@ def test_the_token_is_fetched_once_and_reused(metadata_factory: Any) -> None:
 
 def test_a_token_about_to_expire_is_fetched_again(metadata_factory: Any) -> None:
     metadata = metadata_factory(expires_in="30")  # less than the early-refresh margin
-    with httpx.Client(timeout=5) as http:
+    with closing(_real_http()) as http:
         token = MetadataToken(http, metadata.host)
         assert [token(), token()] == ["token-1", "token-2"]
 
 
 def test_a_forgotten_token_is_fetched_again(metadata_factory: Any) -> None:
     metadata = metadata_factory()
-    with httpx.Client(timeout=5) as http:
+    with closing(_real_http()) as http:
         token = MetadataToken(http, metadata.host)
         first = token()
         token.forget()
@@ -215,13 +221,13 @@ def test_a_forgotten_token_is_fetched_again(metadata_factory: Any) -> None:
 @pytest.mark.parametrize("answer", [{"status": 500}, {"expires_in": "soon"}])
 def test_no_usable_token_is_a_fault_that_passes(metadata_factory: Any, answer: dict[str, Any]) -> None:
     metadata = metadata_factory(**answer)
-    with httpx.Client(timeout=5) as http, pytest.raises(Unavailable, match="metadata server"):
+    with closing(_real_http()) as http, pytest.raises(Unavailable, match="metadata server"):
         MetadataToken(http, metadata.host)()
 
 
 def test_a_failed_token_fetch_is_remembered_briefly(metadata_factory: Any) -> None:
     metadata = metadata_factory(status=500)
-    with httpx.Client(timeout=5) as http:
+    with closing(_real_http()) as http:
         token = MetadataToken(http, metadata.host)
         for _ in range(3):
             with pytest.raises(Unavailable, match="metadata server"):
@@ -311,11 +317,11 @@ ENV = {
 
 def _ask_every_service(env: dict[str, str], google: Google) -> None:
     settings = settings_from(env)
-    with httpx.Client(transport=httpx.MockTransport(google)) as http:
-        token = google_token(settings, http, emulated=False)
-        assert firestore_client(settings, http, token).get("sketches", "s1") is None
-        assert pubsub_client(settings, http, token).publish("steps", [Message(b"x")]) == ["m1"]
-        assert storage_client(settings, http, token).get("media-bucket", "clip.mp4") == {"name": "clip.mp4"}
+    http = MockHttp(google)
+    token = google_token(settings, http, emulated=False)
+    assert firestore_client(settings, http, token).get("sketches", "s1") is None
+    assert pubsub_client(settings, http, token).publish("steps", [Message(b"x")]) == ["m1"]
+    assert storage_client(settings, http, token).get("media-bucket", "clip.mp4") == {"name": "clip.mp4"}
 
 
 def test_outside_the_emulators_google_is_asked_with_the_instance_token() -> None:

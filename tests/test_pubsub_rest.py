@@ -8,34 +8,35 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from devstack.pubsub import PubSubEmulator
+from shared.core.http import KeptAlive, Response, tls_context
 from shared.google.api import RETRY_WINDOW, TIMEOUT, GoogleApi, NotFound
 from shared.google.pubsub import MAX_BATCH, Message, PubSub
 from tests.conftest import Scripted, firestore_error
+from tests.google_http import MockHttp
 
 # A project of these tests' own on the shared emulator.
 PROJECT = "rest-tests"
 
 
-class Counting(httpx.BaseTransport):
+class Counting(KeptAlive):
     """Passes requests to the emulator, keeping each one's method, path and JSON body."""
 
     def __init__(self) -> None:
-        self._inner = httpx.HTTPTransport()
+        super().__init__(tls_context(), TIMEOUT)
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append((request.method, request.url.path, json.loads(request.read() or b"{}")))
-        return self._inner.handle_request(request)
-
-    def close(self) -> None:
-        self._inner.close()
+    def request(self, method: str, url: str, **request: Any) -> Response:
+        self.requests.append((method, urlsplit(url).path, request.get("json") or {}))
+        return super().request(method, url, **request)
 
 
 @dataclass
@@ -82,7 +83,7 @@ def counting() -> Counting:
 
 @pytest.fixture
 def client(pubsub: PubSubEmulator, counting: Counting) -> Iterator[PubSub]:
-    with httpx.Client(transport=counting, timeout=TIMEOUT) as http:
+    with closing(counting) as http:
         yield PubSub(GoogleApi(http), PROJECT, base_url=pubsub.url)
 
 
@@ -133,8 +134,7 @@ def test_publishing_nothing_calls_nothing(client: PubSub, counting: Counting) ->
 def test_a_fault_that_passes_is_tried_again_within_the_window() -> None:
     ok = httpx.Response(200, json={"messageIds": ["7"]})
     script, sleeps = Scripted(firestore_error(503, "UNAVAILABLE"), httpx.ConnectError("refused"), ok), []
-    http = httpx.Client(transport=httpx.MockTransport(script))
-    client = PubSub(GoogleApi(http, sleep=sleeps.append), "p", base_url="http://pubsub.test")
+    client = PubSub(GoogleApi(MockHttp(script), sleep=sleeps.append), "p", base_url="http://pubsub.test")
     assert client.publish("steps", [Message(b"step", {"kind": "check"})]) == ["7"]
     assert len(script.requests) == 3 and len(sleeps) == 2 and sum(sleeps) < RETRY_WINDOW
     for request in script.requests:

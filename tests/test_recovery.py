@@ -50,7 +50,7 @@ def write_due_sketches(stack: Stack, count: int) -> list[str]:
     ids = []
     for i in range(count):
         sketch = Sketch.new(new_sketch_id(), CreateSketchRequest(prompt=f"due {i}"), past, None, past, "task")
-        sketch = sketch.model_copy(update={"image_task_id": f"unknown-task-{i}", "submission_unknown": None})
+        sketch = sketch.replace(image_task_id=f"unknown-task-{i}", submission_unknown=None)
         batch.set(stack.db.collection(stack.collection).document(sketch.id), sketch.to_document())
         ids.append(sketch.id)
         if len(ids) % 400 == 0:

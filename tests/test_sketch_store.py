@@ -13,6 +13,7 @@ from shared.sketch.model import Sketch, Status, utcnow
 from shared.sketch.request import CreateSketchRequest
 from shared.sketch.store import SketchStore
 from tests.conftest import Scripted, firestore_error
+from tests.google_http import MockHttp
 
 DOCUMENTS = "projects/p/databases/(default)/documents"
 
@@ -29,7 +30,7 @@ def _slot(sketch_id: str, update_time: str) -> httpx.Response:
 
 def _store(*answers: httpx.Response) -> tuple[SketchStore, list[httpx.Request]]:
     script = Scripted(*answers)
-    http = httpx.Client(transport=httpx.MockTransport(script))
+    http = MockHttp(script)
     return SketchStore(
         Firestore(GoogleApi(http), "p", base_url="http://firestore.test"), "sketches"
     ), script.requests
@@ -55,7 +56,7 @@ def test_a_slot_our_own_lost_create_took_is_ours() -> None:
 def test_a_slot_our_own_lost_update_took_is_ours() -> None:
     # A final sketch held the place; our conditional update landed but its retry was refused.
     old = Sketch.new("old", CreateSketchRequest(prompt="p"), utcnow(), "u", utcnow(), "task")
-    final = old.model_copy(update={"status": Status.COMPLETE}).to_document()
+    final = old.replace(status=Status.COMPLETE).to_document()
     store, seen = _store(
         firestore_error(409, "ALREADY_EXISTS"),
         _slot("old", "t1"),

@@ -17,11 +17,13 @@ import pytest
 
 from devstack.storage import StorageEmulator
 from shared.core.deadline import Deadline
+from shared.core.http import KeptAlive, Response, tls_context
 from shared.google.api import TIMEOUT, GoogleApi, StaticToken, Unavailable
 from shared.google.storage import CHUNK_BYTES, PRODUCTION_URL, TOKEN_METADATA, ObjectExists, Storage
 from tests.conftest import Scripted, firestore_error
+from tests.google_http import MockHttp
 
-Connect = Callable[[httpx.BaseTransport], Storage]
+Connect = Callable[[KeptAlive], Storage]
 PIECE = 1 << 20  # what the source hands out at a time, as a video download's reads do
 
 
@@ -43,33 +45,31 @@ class Source:
             yield piece
 
 
-class Recording(httpx.BaseTransport):
+class Recording(KeptAlive):
     """Passes requests to the emulator; for each chunk PUT, its Content-Range, its size and how
     much of the source had been handed out when it went."""
 
     def __init__(self, source: Source | None = None) -> None:
-        self._inner = httpx.HTTPTransport()
+        super().__init__(tls_context(), TIMEOUT)
         self._source = source
         self.puts: list[tuple[str, int, int]] = []
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "PUT":
+    def request(self, method: str, url: str, **request: Any) -> Response:
+        if method == "PUT":
             produced = self._source.produced if self._source else 0
-            self.puts.append((request.headers["Content-Range"], len(request.read()), produced))
-        return self._inner.handle_request(request)
-
-    def close(self) -> None:
-        self._inner.close()
+            sent = request.get("content") or b""
+            self.puts.append((request["headers"]["Content-Range"], len(sent), produced))
+        return super().request(method, url, **request)
 
 
 @pytest.fixture
 def connect(storage: StorageEmulator) -> Iterator[Connect]:
     """A client of the emulator through the given transport."""
-    clients: list[httpx.Client] = []
+    clients: list[KeptAlive] = []
 
-    def make(transport: httpx.BaseTransport) -> Storage:
-        clients.append(httpx.Client(transport=transport, timeout=TIMEOUT))
-        return Storage(GoogleApi(clients[-1]), clients[-1], base_url=storage.url)
+    def make(http: KeptAlive) -> Storage:
+        clients.append(http)
+        return Storage(GoogleApi(http), http, base_url=storage.url)
 
     yield make
     for client in clients:
@@ -175,7 +175,7 @@ def test_bytes_already_in_memory_go_in_one_call_however_large(
 def test_the_download_token_and_the_metadata_are_stored_on_the_object(
     storage: StorageEmulator, connect: Connect
 ) -> None:
-    client, name = connect(httpx.HTTPTransport()), _name()
+    client, name = connect(KeptAlive(tls_context(), TIMEOUT)), _name()
     _upload(client, storage.bucket, name, [b"moov"], token="tok-42")
     stored = client.get(storage.bucket, name)
     assert stored["name"] == name and stored["contentType"] == "video/mp4" and int(stored["size"]) == 4
@@ -192,7 +192,7 @@ EXISTING = {"name": "videos/a.mp4", "size": "9", "metadata": {"sketch_id": "s0",
 
 
 def _scripted(script: Scripted, sleeps: list[float] | None = None) -> Storage:
-    http = httpx.Client(transport=httpx.MockTransport(script))
+    http = MockHttp(script)
     sleep = [].append if sleeps is None else sleeps.append
     api = GoogleApi(http, token=StaticToken("instance-token"), sleep=sleep)
     return Storage(api, http)
@@ -284,7 +284,7 @@ def test_starting_an_upload_is_tried_again_through_a_fault_that_passes() -> None
 
 @pytest.mark.parametrize("base_url", [PRODUCTION_URL, PRODUCTION_URL + "/"])
 def test_the_download_url_is_firebase_storage_s_token_url(base_url: str) -> None:
-    http = httpx.Client(transport=httpx.MockTransport(Scripted(httpx.Response(500))))
+    http = MockHttp(Scripted(httpx.Response(500)))
     storage = Storage(GoogleApi(http), http, base_url=base_url)
     assert storage.download_url("media-bucket", "videos/s1 final#1.mp4", "tok-9") == (
         "https://firebasestorage.googleapis.com/v0/b/media-bucket/o/videos%2Fs1%20final%231.mp4"

@@ -164,9 +164,7 @@ def test_a_body_that_is_no_push_is_malformed(body: object) -> None:
     "data",
     [
         b'{"kind": "launch-missiles", "sketch_id": "x"}',  # no envelope
-        json.dumps(
-            {"route": "sweep", "published_at": 1, "expires_at": 2, "step": STEP.model_dump()}
-        ).encode(),
+        json.dumps({"route": "sweep", "published_at": 1, "expires_at": 2, "step": STEP.to_json()}).encode(),
     ],
     ids=["no-envelope", "another-route"],
 )

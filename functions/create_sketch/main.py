@@ -1,8 +1,9 @@
 """`create_sketch`: the HTTP API the frontend calls to start a sketch, retry or delete it, read it
 back, and list a user's sketches; `GET ?openapi` describes it (`shared/openapi.py`).
 
-Every answer is built from the models the OpenAPI document is generated from (`PublicSketch`,
-`SketchPage`, `ErrorAnswer`): what is sent is what is described.
+Every answer is JSON built without pydantic (`Sketch.public`, `error_body`), so that a read imports
+none; the OpenAPI document describes the same answers from `shared/sketch/schemas.py`, and the tests
+hold each answer to those models.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import flask
 import functions_framework
-from pydantic import BaseModel, ValidationError
 
 from shared.core import logs
 from shared.edge.answers import (
     UnsupportedMediaType,
+    error_response,
     json_response,
     parse_json,
     require_json_content_type,
@@ -29,19 +30,21 @@ from shared.edge.cors import cors_headers, preflight
 from shared.edge.guard import install as install_body_guard
 from shared.runtime import get_runtime, load_settings_or_exit
 from shared.sketch import gallery
-from shared.sketch.errors import ErrorAnswer
-from shared.sketch.model import Sketch, SketchPage, is_sketch_id, utcnow
+from shared.sketch.errors import described
+from shared.sketch.model import Sketch, is_sketch_id, utcnow
 from shared.sketch.store import StoreUnavailable
 from shared.spending.breaker import BalanceExhausted
 from shared.spending.daily import DailyLimitReached
 from shared.spending.idempotency import Answer, KeyInUse, KeyReused, SketchGone, valid_key
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from shared.edge.appcheck import AppCheck
     from shared.pipeline.creation import TooManySketches
 
-# What only one path needs is imported on that path (a create, a retry, App Check, the document),
-# so that a cold start pays for what its first request uses.
+# What only one path needs is imported on that path (a create and its request model, a retry, App
+# Check, the document), so that a cold start pays for what its first request uses.
 log = logging.getLogger("create_sketch")
 settings = load_settings_or_exit()
 
@@ -164,7 +167,7 @@ def _get(request: flask.Request, user_id: str | None) -> flask.Response:
     sketch = _own_sketch(sketch_id, user_id)
     if sketch is None:
         return _not_found(sketch_id)
-    return _model(200, get_runtime().recovery.refresh(sketch).public())
+    return json_response(200, get_runtime().recovery.refresh(sketch).public())
 
 
 def _list(request: flask.Request, user_id: str | None) -> flask.Response:
@@ -182,7 +185,7 @@ def _list(request: flask.Request, user_id: str | None) -> flask.Response:
         )
     except gallery.InvalidPageToken as exc:
         return _error(400, "invalid_field", f"page_token: {exc}", field="page_token")
-    return _model(200, SketchPage(sketches=[s.public() for s in sketches], next_page_token=next_token))
+    return json_response(200, {"sketches": [s.public() for s in sketches], "next_page_token": next_token})
 
 
 # ----------------------------------------------------------------------------------------- writes
@@ -202,6 +205,8 @@ def _idempotency_key(request: flask.Request) -> str | None | flask.Response:
 
 
 def _post(request: flask.Request, caller: Caller) -> flask.Response:
+    from pydantic import ValidationError
+
     from shared.pipeline.creation import StartFailed, TooManySketches, answer_for
     from shared.sketch.request import CreateSketchRequest
 
@@ -286,17 +291,12 @@ def _delete(request: flask.Request, user_id: str | None) -> flask.Response:
 # ---------------------------------------------------------------------------------------- answers
 
 
-def _model(status: int, body: BaseModel, headers: dict[str, str] | None = None) -> flask.Response:
-    """An answer built from one of the API's models (a sketch's `user_id` only when it has one)."""
-    return json_response(status, body.model_dump(mode="json", exclude_unset=True), headers)
-
-
 def _error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
 ) -> flask.Response:
-    """`{"error": {"code", "message", ...}}`, held to ErrorAnswer (a code it does not know is a bug)."""
-    body = ErrorAnswer.model_validate({"error": {"code": code, "message": message, **details}})
-    return _model(status, body, headers)
+    """`{"error": {"code", "message", ...}}` (a code it does not know is a bug)."""
+    described(code, details)
+    return error_response(status, code, message, headers, **details)
 
 
 def _refused(
@@ -330,7 +330,7 @@ def _answer(sketch: Sketch, answer: Answer, *, replayed: bool) -> flask.Response
     """The sketch's answer, with the status the first request got (the sketch as it is now)."""
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     if answer.status == 202:
-        return _model(202, sketch.public(), headers)
+        return json_response(202, sketch.public(), headers)
     if answer.code == "novita_balance":
         headers["Retry-After"] = str(math.ceil(settings.balance_breaker_seconds))
     return _error(

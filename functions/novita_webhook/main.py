@@ -17,7 +17,6 @@ from typing import cast
 
 import flask
 import functions_framework
-from pydantic import ValidationError
 
 from shared.core import logs
 from shared.core.deadline import Deadline
@@ -36,7 +35,7 @@ from shared.core.tokens import (
 from shared.edge.answers import error_response, internal_error, json_response, method_not_allowed, parse_json
 from shared.edge.cors import preflight
 from shared.edge.guard import install as install_body_guard
-from shared.novita.models import ASYNC_TASK_RESULT, WebhookEvent, WebhookTask
+from shared.novita.webhook import ASYNC_TASK_RESULT, WebhookEvent, WebhookTask
 from shared.pipeline.queue import Expired, Hint, MalformedPush, Misrouted, QueueUnavailable, Route, read_push
 from shared.pipeline.recovery import SWEEP_SECONDS
 from shared.pipeline.topology import DEAD_LETTER_ACTION, STEP_ACTION, SWEEP_ACTION
@@ -106,13 +105,13 @@ def _delivery(request: flask.Request) -> flask.Response:
         return error_response(401, "unauthenticated", "missing, invalid or expired webhook token")
     logs.bind_sketch(sketch_id)
     try:
-        event = WebhookEvent.model_validate(parse_json(request.get_data()))
+        event = WebhookEvent.read(parse_json(request.get_data()))
         if event.event_type != ASYNC_TASK_RESULT:
             log.info("event ignored", extra={"event_type": event.event_type[:64]})
             return json_response(200, {"outcome": "ignored"})
         payload = event.payload if isinstance(event.payload, dict) else {}
-        task = WebhookTask.model_validate(payload.get("task"))
-    except (ValueError, ValidationError):
+        task = WebhookTask.read(payload.get("task"))
+    except ValueError:
         return error_response(400, "invalid_body", "the body is not a Novita task result event")
     extra = {"task_id": task.task_id, "task_status": task.status}
     # Novita's test mode has no real task to ask about: only then does the delivery's own result count.

@@ -7,8 +7,10 @@ from __future__ import annotations
 import random
 import time
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 RETRY_STATUSES = frozenset({429, 503, 504})
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 
 class DeadlinePassed(Exception):
@@ -30,6 +32,8 @@ class Deadline:
     def timeout(self, connect: float, read: float, write: float | None = None) -> httpx.Timeout:
         """Per-phase timeouts, none longer than what is left (at least a moment, so that a call
         made at the very end fails as a timeout rather than as a configuration error)."""
+        import httpx  # only the clients of Novita and the media hosts take these; they load httpx
+
         left = max(0.001, self.remaining())
         return httpx.Timeout(
             connect=min(connect, left),

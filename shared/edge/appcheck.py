@@ -16,15 +16,14 @@ import threading
 import time
 from typing import Any
 
-import httpx
-
+from shared.core.http import KeptAlive, Timeout, TransportError, tls_context
 from shared.edge.callers import CLOCK_SKEW_SECONDS, max_age
 
 log = logging.getLogger(__name__)
 
 HEADER = "X-Firebase-AppCheck"
 ISSUER_PREFIX = "https://firebaseappcheck.googleapis.com/"
-JWKS_TIMEOUT = httpx.Timeout(5.0)
+JWKS_TIMEOUT = Timeout(connect=5.0, read=5.0)
 # Firebase asks that the keys be cached no longer than six hours.
 MAX_KEYS_AGE_SECONDS = 6 * 3600.0
 REFRESH_RETRY_SECONDS = 60.0
@@ -49,6 +48,7 @@ class _Keys:
     def __init__(self, url: str) -> None:
         self._url = url
         self._lock = threading.Lock()
+        self._http: KeptAlive | None = None
         self._keys: dict[str, Any] = {}
         self._expires_at = float("-inf")
 
@@ -64,14 +64,17 @@ class _Keys:
         from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
 
         try:
-            response = httpx.get(self._url, timeout=JWKS_TIMEOUT)
-            response.raise_for_status()
+            if self._http is None:
+                self._http = KeptAlive(tls_context(), JWKS_TIMEOUT)
+            response = self._http.request("GET", self._url)
+            if not response.is_success:
+                raise ValueError(f"the keys' URL answered {response.status_code}")
             keys = {
                 str(key["kid"]): RSAPublicNumbers(_integer(key["e"]), _integer(key["n"])).public_key()
                 for key in response.json()["keys"]
                 if key.get("kty") == "RSA"
             }
-        except (httpx.HTTPError, ValueError, LookupError, TypeError, binascii.Error) as exc:
+        except (TransportError, ValueError, LookupError, TypeError, binascii.Error) as exc:
             if not self._keys:
                 raise AppCheckFailed("App Check's keys could not be fetched") from exc
             log.warning("App Check keys not refreshed, using the cached ones: %s", exc)

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import flask
-import httpx
 
 from shared.core.config import Settings
+from shared.core.http import KeptAlive, Timeout, TransportError, tls_context
 
 log = logging.getLogger(__name__)
 
-CERTS_TIMEOUT = httpx.Timeout(5.0)
+CERTS_TIMEOUT = Timeout(connect=5.0, read=5.0)
 # Used when the certificates' answer names no max-age (Google's always does, ~ hours).
 DEFAULT_MAX_AGE_SECONDS = 3600.0
 # After a failed refresh the keys we hold are used this long before trying again.
@@ -53,6 +53,7 @@ class _CertCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._http: KeptAlive | None = None
         self._url = ""
         self._certs: dict[str, str] = {}
         self._expires_at = float("-inf")
@@ -63,8 +64,11 @@ class _CertCache:
             if url == self._url and now < self._expires_at:
                 return self._certs
             try:
-                response = httpx.get(url, timeout=CERTS_TIMEOUT)
-                response.raise_for_status()
+                if self._http is None:
+                    self._http = KeptAlive(tls_context(), CERTS_TIMEOUT)
+                response = self._http.request("GET", url)
+                if not response.is_success:
+                    raise ValueError(f"the keys' URL answered {response.status_code}")
                 certs = response.json()
                 if (
                     not isinstance(certs, dict)
@@ -72,7 +76,7 @@ class _CertCache:
                     or not all(isinstance(k, str) and isinstance(v, str) for k, v in certs.items())
                 ):
                     raise ValueError("the answer is not a map of key ids to certificates")
-            except (httpx.HTTPError, ValueError) as exc:
+            except (TransportError, ValueError) as exc:
                 if url != self._url or not self._certs:
                     raise KeysUnavailable("the token signing keys could not be fetched") from exc
                 log.warning("token signing keys not refreshed, using the cached ones: %s", exc)

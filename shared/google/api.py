@@ -3,8 +3,8 @@ and one rule for trying again.
 
 Each Google SDK (Firestore, Pub/Sub, Storage) pulls in gRPC, `google.api_core` and protobuf; importing
 one took 200-330 ms of a cold start here (`python -X importtime`), about as long as the rest of the
-function. The few calls the functions make ride on httpx, which they load anyway, and talk to an
-emulator when the standard `*_EMULATOR_HOST` variable names one, as the SDKs do.
+function. The few calls the functions make ride on the standard library's HTTP (`shared/core/http.py`), and
+talk to an emulator when the standard `*_EMULATOR_HOST` variable names one, as the SDKs do.
 
 A call is tried again on a fault that may pass (no answer, 429, 500, 502, 503, 504, ABORTED) within a
 retry window. Callers make that safe: every Firestore write carries a precondition, a Storage write
@@ -17,15 +17,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
-
-import httpx
+from urllib.parse import urlsplit
 
 from shared.core import timings
 from shared.core.backoff import backoff_delay
+from shared.core.http import Http, Response, Timeout, TransportError
 
 # Each attempt may take 2 s and attempts start within 2.5 s: a service that does not answer makes a
 # webhook delivery answer 503 in about 4.5 s, inside Novita's 5 s timeout.
-TIMEOUT = httpx.Timeout(timings.GOOGLE_READ, connect=timings.GOOGLE_CONNECT)
+TIMEOUT = Timeout(connect=timings.GOOGLE_CONNECT, read=timings.GOOGLE_READ)
 RETRY_WINDOW = timings.GOOGLE_RETRY_WINDOW
 RETRY_BASE_DELAY = 0.1
 RETRY_MAX_DELAY = 1.0
@@ -80,7 +80,7 @@ def typed_error(error: Mapping[str, Any], http_status: int) -> ApiError:
     return kind(status, message, http_status)
 
 
-def error_from(response: httpx.Response) -> ApiError:
+def error_from(response: Response) -> ApiError:
     """The typed error for an answer that is not a success."""
     try:
         body = response.json()
@@ -129,7 +129,7 @@ class MetadataToken:
     # After a failed fetch, calls fail at once for this long instead of queueing for the server.
     FAILURE_MEMORY_SECONDS = 1.0
 
-    def __init__(self, http: httpx.Client, metadata_host: str) -> None:
+    def __init__(self, http: Http, metadata_host: str) -> None:
         self._http = http
         self._url = f"http://{metadata_host}/computeMetadata/v1/instance/service-accounts/default/token"
         self._lock = threading.Lock()
@@ -159,15 +159,16 @@ class MetadataToken:
 
     def _fetch(self) -> tuple[str, float]:
         try:
-            response = self._http.get(self._url, headers={"Metadata-Flavor": "Google"}, timeout=TIMEOUT)
-        except httpx.HTTPError as exc:
+            response = self._http.request("GET", self._url, headers={"Metadata-Flavor": "Google"})
+        except TransportError as exc:
             reason = f"no access token from the metadata server: {exc!r}"
             raise Unavailable("UNAUTHENTICATED", reason) from exc
         try:
-            response.raise_for_status()
+            if not response.is_success:
+                raise ValueError(f"HTTP {response.status_code}: {response.text[:200]}")
             body = response.json()
             token, lifetime = str(body["access_token"]), float(body["expires_in"])
-        except (httpx.HTTPStatusError, ValueError, LookupError, TypeError) as exc:
+        except (ValueError, LookupError, TypeError) as exc:
             raise Unavailable(
                 "UNAUTHENTICATED", f"unusable token answer from the metadata server: {exc!r}"
             ) from exc
@@ -182,7 +183,7 @@ class GoogleApi:
 
     def __init__(
         self,
-        http: httpx.Client,
+        http: Http,
         *,
         token: TokenSource = EMULATOR_TOKEN,
         retry_window: float = RETRY_WINDOW,
@@ -195,7 +196,7 @@ class GoogleApi:
         self._sleep = sleep
         self._clock = clock
 
-    def call(self, method: str, url: str, **request: Any) -> httpx.Response:
+    def call(self, method: str, url: str, **request: Any) -> Response:
         """The successful answer to `method url`; raises the typed ApiError otherwise."""
         started = self._clock()
         attempt = 0
@@ -207,8 +208,8 @@ class GoogleApi:
                 headers = {**request.pop("headers", {}), "Authorization": f"Bearer {self._token()}"}
                 request["headers"] = headers
                 response = self._http.request(method, url, **request)
-            except httpx.TransportError as exc:
-                error = Unavailable("UNAVAILABLE", f"no answer from {httpx.URL(url).host}: {exc!r}")
+            except TransportError as exc:
+                error = Unavailable("UNAVAILABLE", f"no answer from {urlsplit(url).hostname}: {exc!r}")
             except Unavailable as exc:  # no access token yet
                 error = exc
             else:

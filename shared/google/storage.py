@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from shared.core.deadline import Deadline
+from shared.core.http import Http, Timeout, TransportError
 from shared.google.api import ApiError, GoogleApi, NotFound, PreconditionFailed, Unavailable, error_from
 
 PRODUCTION_URL = "https://storage.googleapis.com"
@@ -30,6 +29,8 @@ TOKEN_METADATA = "firebaseStorageDownloadTokens"
 # (the pieces of the next, and the one being joined from them); 4 MiB keeps that well under the
 # +25 MB a copy may grow a worker by, with a 50 MB video in 13 calls.
 CHUNK_BYTES = 16 * 256 * 1024
+# A chunk's connection, and each read of its answer or write of its bytes.
+CHUNK_TIMEOUT = Timeout(connect=5.0, read=60.0)
 
 
 class ObjectExists(Exception):
@@ -48,7 +49,7 @@ class StoredObject:
 
 
 class Storage:
-    def __init__(self, api: GoogleApi, http: httpx.Client, *, base_url: str = PRODUCTION_URL) -> None:
+    def __init__(self, api: GoogleApi, http: Http, *, base_url: str = PRODUCTION_URL) -> None:
         # `api` retries its calls; the chunk PUTs go through `http` directly, as a retried chunk
         # must restart from what the session says it has.
         self._api = api
@@ -136,14 +137,14 @@ class Storage:
         else:
             content_range = f"bytes */{total}"
         try:
-            response = self._http.put(
+            response = self._http.request(
+                "PUT",
                 session,
-                # As an iterator with its length, the chunk is sent as it is, never copied again.
-                content=iter([data]),
+                content=data,  # sent as it is, never copied again
                 headers={"Content-Range": content_range, "Content-Length": str(len(data))},
-                timeout=deadline.timeout(connect=5.0, read=30.0, write=60.0),
+                timeout=CHUNK_TIMEOUT.within(deadline),
             )
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise Unavailable("UNAVAILABLE", f"Cloud Storage did not take a chunk: {exc!r}") from exc
         if response.status_code == 308:
             persisted = response.headers.get("Range", "")

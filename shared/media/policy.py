@@ -13,8 +13,6 @@ import re
 import socket
 from collections.abc import Callable
 
-import httpx
-
 from shared.core.config import MediaPolicy
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -150,6 +148,10 @@ def check_media_url(url: str, policy: MediaPolicy, resolve: Resolver) -> list[IP
     Raises MediaRejected when the URL breaks `policy` and MediaUnavailable when
     the host cannot be resolved right now.
     """
+    # Parsed as the client that connects parses it (no second reading of the URL to slip through);
+    # imported here, by the steps that fetch media, so that the paths that never do load no httpx.
+    import httpx
+
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:

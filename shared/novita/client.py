@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import httpx
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from shared.core import timings
 from shared.core.backoff import RETRY_STATUSES, backoff_delay, retry_after_seconds
@@ -33,7 +33,8 @@ from shared.novita.errors import (
     NovitaUnavailable,
     error_from_response,
 )
-from shared.novita.models import SeedreamImages, TaskId, TaskResult
+from shared.novita.models import SeedreamImages, TaskResult
+from shared.novita.webhook import is_task_id
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ GET_MAX_DELAY = 4.0
 
 Form = Literal["guide", "reference"]
 FORMS: tuple[Form, Form] = ("guide", "reference")
-_TASK_ID: TypeAdapter[str] = TypeAdapter(TaskId)
 Request = Literal["text_to_image", "image_to_video"]
 
 
@@ -362,7 +362,10 @@ class NovitaClient:
     def _task_id(response: httpx.Response) -> str:
         """The task id of a 2xx answer, held to the same bound as every stored task id."""
         try:
-            return _TASK_ID.validate_python(response.json().get("task_id"))
+            task_id = response.json().get("task_id")
+            if not isinstance(task_id, str) or not is_task_id(task_id):
+                raise ValueError("no task_id within the bound")
+            return task_id
         except (ValueError, AttributeError):  # not JSON, not an object, or no usable id
             # Novita said 2xx, so a task may well exist; a usable id is what we lack.
             raise NovitaOutcomeUnknown(

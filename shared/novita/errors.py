@@ -11,9 +11,10 @@ Apart from the client, so that what only catches them (a step, the breaker) impo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 MAX_MESSAGE = 500
 MAX_REASON = 64

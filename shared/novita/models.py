@@ -1,5 +1,5 @@
-"""What Novita sends back: task results (from task-result, or in a webhook), and Seedream 3.0's
-synchronous answer.
+"""What Novita answers: task results (from task-result, or in a webhook's test mode), and Seedream
+3.0's synchronous answer. What a webhook delivery says of its task is read in `webhook`.
 
 Novita's reference puts `images` / `videos` at the top of the payload; the integration guide puts
 them under `payload.extra`. Both are read. TTLs, `eta` and `progress_percent` arrive as numbers or
@@ -18,15 +18,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from shared.core.text import utf8
+from shared.novita.webhook import MAX_TASK_ID, TASK_ID_PATTERN
 
 SUCCEED = "TASK_STATUS_SUCCEED"
 FAILED = "TASK_STATUS_FAILED"
-ASYNC_TASK_RESULT = "ASYNC_TASK_RESULT"
 
 # Longer than any presigned link lives; a larger TTL is not a TTL.
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 MAX_URL = 8192  # presigned S3 links run to about 1,500 characters
-MAX_TASK_ID = 128
 MAX_REASON = 1000
 MAX_TASK_TYPE = 64
 
@@ -68,10 +67,14 @@ def _cut(limit: int) -> Callable[[Any], str | None]:
     return cut
 
 
+def _expires_at(received: datetime, ttl_seconds: int | None) -> datetime | None:
+    return received + timedelta(seconds=ttl_seconds) if ttl_seconds is not None else None
+
+
 Ttl = Annotated[int | None, BeforeValidator(_ttl)]
 Number = Annotated[float | None, BeforeValidator(lambda v: _number(v, 1e9))]
 Url = Annotated[str, Field(min_length=1, max_length=MAX_URL), utf8]
-TaskId = Annotated[str, Field(min_length=1, max_length=MAX_TASK_ID, pattern=r"^[\x21-\x7e]+$")]
+TaskId = Annotated[str, Field(min_length=1, max_length=MAX_TASK_ID, pattern=TASK_ID_PATTERN)]
 ShortText = Annotated[str, Field(min_length=1, max_length=64), utf8]
 
 
@@ -93,11 +96,19 @@ class Image(_Lenient):
     image_type: ShortText | None = None
     image_url_ttl: Ttl = None
 
+    def expires_at(self, received: datetime) -> datetime | None:
+        """When the link stops working, counted from when the answer carrying it was received."""
+        return _expires_at(received, self.image_url_ttl)
+
 
 class Video(_Lenient):
     video_url: Url
     video_type: ShortText | None = None
     video_url_ttl: Ttl = None
+
+    def expires_at(self, received: datetime) -> datetime | None:
+        """When the link stops working, counted from when the answer carrying it was received."""
+        return _expires_at(received, self.video_url_ttl)
 
 
 class TaskResult(_Lenient):
@@ -133,23 +144,7 @@ class TaskResult(_Lenient):
         return self.succeeded or self.failed
 
 
-class WebhookEvent(_Lenient):
-    event_type: Annotated[str, Field(max_length=256), utf8]
-    payload: Any = None
-
-
-class WebhookTask(_Lenient):
-    """What a webhook delivery says about its task: only a hint of which task to look at."""
-
-    task_id: TaskId
-    status: ShortText
-
-
 class SeedreamImages(_Lenient):
     """Seedream 3.0's synchronous answer (`response_format: url`)."""
 
     image_urls: list[Url] = Field(default=[], max_length=16)
-
-
-def expires_at(received: datetime, ttl_seconds: int | None) -> datetime | None:
-    return received + timedelta(seconds=ttl_seconds) if ttl_seconds is not None else None

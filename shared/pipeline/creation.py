@@ -251,7 +251,7 @@ class Creator:
         self._store.mutate(sent.id, record, known=lease.sketch)
         log.info("text-to-image task started", extra={"task_id": task_id, "form": "guide"})
         # The sketch as it was when its task started, even if a quick result has moved it on since.
-        return sent.model_copy(update=started)
+        return sent.replace(**started)
 
     def _switch_to_seedream(self, lease: Lease) -> Sketch:
         due = self._results.recovery_due(utcnow(), StepKind.SEEDREAM)

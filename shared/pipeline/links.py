@@ -20,7 +20,6 @@ from shared.google.api import ApiError
 from shared.google.storage import TOKEN_METADATA, ObjectExists
 from shared.media.policy import MediaExpired, MediaRejected, MediaUnavailable
 from shared.novita.client import NovitaError
-from shared.novita.models import expires_at
 from shared.pipeline.lease import Lease
 from shared.pipeline.results import fail_changes
 from shared.pipeline.work import RetryLater, Tools
@@ -89,12 +88,12 @@ def renew_link(tools: Tools, lease: Lease, stage: Stage, deadline: Deadline) -> 
     now = utcnow()
     changes: Changes
     if stage == "image" and result.images:
-        link, expires = result.images[0].image_url, expires_at(now, result.images[0].image_url_ttl)
+        link, expires = result.images[0].image_url, result.images[0].expires_at(now)
         changes = {"novita_image_url": link, "novita_image_url_expires_at": expires}
         if sketch.image_object is None:
             changes |= {"image_url": link, "image_url_expires_at": expires}
     elif stage == "video" and result.videos:
-        link, expires = result.videos[0].video_url, expires_at(now, result.videos[0].video_url_ttl)
+        link, expires = result.videos[0].video_url, result.videos[0].expires_at(now)
         changes = {"novita_video_url": link, "novita_video_url_expires_at": expires}
     else:
         lease.release()

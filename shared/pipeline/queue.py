@@ -18,39 +18,69 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any, Literal
 
 from shared.core.tokens import step_signature, verify
 from shared.google.api import ApiError
 from shared.google.pubsub import Message, PubSub
-from shared.novita.models import TaskId
+from shared.novita.webhook import is_task_id
 from shared.pipeline.topology import TOPIC
-from shared.sketch.model import Stage, StepKind
+from shared.sketch.model import Stage, StepKind, is_sketch_id
 
 SIGNATURE_ATTRIBUTE = "signature"
 # Set by Pub/Sub on every message it moves to a dead-letter topic.
 DEAD_LETTER_SOURCE_ATTRIBUTE = "CloudPubSubDeadLetterSourceSubscription"
 MAX_MESSAGE_BYTES = 16 * 1024
+MAX_ATTRIBUTE = 1024
 Route = Literal["step", "dead_letter"]
+_STAGES = ("image", "video")
 
-SketchId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
-
-class Step(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Step:
     """One step: what to do for which sketch. A webhook's hint names the task and stage it reported;
     `result` is the delivery's own result, carried only in Novita's webhook test mode."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
     kind: StepKind
-    sketch_id: SketchId
-    task_id: TaskId | None = None
+    sketch_id: str
+    task_id: str | None = None
     stage: Stage | None = None
     result: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, StepKind):
+            raise ValueError(f"step kind {self.kind!r:.40} is none of {[k.value for k in StepKind]}")
+        if not isinstance(self.sketch_id, str) or not is_sketch_id(self.sketch_id):
+            raise ValueError("step sketch_id must be 32 hexadecimal characters")
+        if self.task_id is not None and not (isinstance(self.task_id, str) and is_task_id(self.task_id)):
+            raise ValueError("step task_id must be 1 to 128 printable ASCII characters")
+        if self.stage is not None and self.stage not in _STAGES:
+            raise ValueError(f"step stage {self.stage!r:.40} is neither image nor video")
+        if self.result is not None and not isinstance(self.result, dict):
+            raise ValueError("step result must be an object")
+
+    def to_json(self) -> dict[str, Any]:
+        """The step as its message carries it (no null fields)."""
+        fields = {"kind": self.kind.value, "sketch_id": self.sketch_id, "task_id": self.task_id}
+        fields |= {"stage": self.stage, "result": self.result}
+        return {name: value for name, value in fields.items() if value is not None}
+
+    @classmethod
+    def from_json(cls, value: object) -> Step:
+        """The step `to_json` wrote; ValueError for anything else."""
+        if not isinstance(value, dict) or not {"kind", "sketch_id"} <= value.keys() <= _STEP_FIELDS:
+            raise ValueError("not a step: it needs kind and sketch_id, and may name task_id, stage, result")
+        kind = value["kind"]
+        if kind not in _KINDS:
+            raise ValueError(f"step kind {kind!r:.40} is none of {sorted(_KINDS)}")
+        return cls(**{**value, "kind": StepKind(kind)})
+
+
+_STEP_FIELDS = frozenset({"kind", "sketch_id", "task_id", "stage", "result"})
+_KINDS = frozenset(kind.value for kind in StepKind)
 
 
 @dataclass(frozen=True)
@@ -63,20 +93,38 @@ class Hint:
     result: dict[str, Any] | None = None
 
 
-class _Signed(BaseModel):
+@dataclass(frozen=True)
+class _Signed:
     """A message's data: the step, the route it is published for, and its lifetime (epoch seconds)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     route: Literal["step"]
     published_at: float
     expires_at: float
     step: Step
 
+    def to_bytes(self) -> bytes:
+        data = {"route": self.route, "published_at": self.published_at, "expires_at": self.expires_at}
+        return json.dumps({**data, "step": self.step.to_json()}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> _Signed:
+        value = json.loads(data)
+        if not isinstance(value, dict) or value.keys() != {"route", "published_at", "expires_at", "step"}:
+            raise ValueError("not a signed step: route, published_at, expires_at and step, no more")
+        if value["route"] != "step":
+            raise ValueError(f"route {value['route']!r:.40} is not step")
+        published_at, expires_at = _seconds(value["published_at"]), _seconds(value["expires_at"])
+        return cls("step", published_at, expires_at, Step.from_json(value["step"]))
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{value!r:.40} is not a time in epoch seconds")
+    return float(value)
+
 
 def message(step: Step, secret: str, lifetime: float, now: float) -> Message:
-    signed = _Signed(route="step", published_at=now, expires_at=now + lifetime, step=step)
-    data = json.dumps(signed.model_dump(mode="json", exclude_none=True), separators=(",", ":")).encode()
+    data = _Signed("step", now, now + lifetime, step).to_bytes()
     attributes = {
         "kind": step.kind.value,
         "sketch_id": step.sketch_id,
@@ -85,18 +133,36 @@ def message(step: Step, secret: str, lifetime: float, now: float) -> Message:
     return Message(data, attributes)
 
 
-class _PushMessage(BaseModel):
-    model_config = ConfigDict(defer_build=True)
+@dataclass(frozen=True)
+class _Push:
+    """What a push request carries that a step needs (Pub/Sub's other fields are left alone)."""
 
-    data: Annotated[str, Field(max_length=MAX_MESSAGE_BYTES * 2)] = ""
-    attributes: dict[str, Annotated[str, Field(max_length=1024)]] = {}
+    data: bytes
+    attributes: dict[str, str]
+    delivery_attempt: int | None
 
-
-class _Push(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
-    message: _PushMessage
-    deliveryAttempt: int | None = None  # noqa: N815 (Pub/Sub's own name)
+    @classmethod
+    def read(cls, body: object) -> _Push:
+        """The push in `body`; MalformedPush when it is none."""
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, dict):
+            raise MalformedPush("the body is not a Pub/Sub push message")
+        data = message.get("data", "")
+        attributes = message.get("attributes", {})
+        attempt = body.get("deliveryAttempt") if isinstance(body, dict) else None
+        if (
+            not isinstance(data, str)
+            or len(data) > MAX_MESSAGE_BYTES * 2
+            or not isinstance(attributes, dict)
+            or not all(isinstance(v, str) and len(v) <= MAX_ATTRIBUTE for v in attributes.values())
+            or not (attempt is None or (isinstance(attempt, int) and not isinstance(attempt, bool)))
+        ):
+            raise MalformedPush("the body is not a Pub/Sub push message")
+        try:
+            decoded = base64.b64decode(data, validate=True)
+        except binascii.Error as exc:
+            raise MalformedPush("the push message's data is not base64") from exc
+        return cls(decoded, attributes, attempt)
 
 
 class MalformedPush(Exception):
@@ -122,23 +188,19 @@ class Delivery:
 def read_push(body: object, secret: str, route: Route, now: float | None = None) -> Delivery:
     """The step a Pub/Sub push carries on `route`. InvalidToken if the project did not sign it,
     Misrouted or Expired when it may not be done here or now, MalformedPush for anything else."""
+    push = _Push.read(body)
+    verify(step_signature(secret, push.data), push.attributes.get(SIGNATURE_ATTRIBUTE))
     try:
-        push = _Push.model_validate(body)
-        data = base64.b64decode(push.message.data, validate=True)
-    except (ValidationError, binascii.Error) as exc:
-        raise MalformedPush("the body is not a Pub/Sub push message") from exc
-    verify(step_signature(secret, data), push.message.attributes.get(SIGNATURE_ATTRIBUTE))
-    try:
-        signed = _Signed.model_validate_json(data)
-    except ValidationError as exc:
+        signed = _Signed.from_bytes(push.data)
+    except ValueError as exc:
         # Signed by us, yet not a step this code knows: nothing to do with it, ever.
         raise MalformedPush("the message is not a step") from exc
-    dead_lettered = DEAD_LETTER_SOURCE_ATTRIBUTE in push.message.attributes
+    dead_lettered = DEAD_LETTER_SOURCE_ATTRIBUTE in push.attributes
     if dead_lettered != (route == "dead_letter"):
         raise Misrouted(f"a {signed.route} message that Pub/Sub did not route to {route}")
     if (now if now is not None else time.time()) > signed.expires_at:
         raise Expired("the step is past the time it could be done")
-    return Delivery(signed.step, push.deliveryAttempt, signed.published_at)
+    return Delivery(signed.step, push.delivery_attempt, signed.published_at)
 
 
 class QueueUnavailable(Exception):

@@ -11,12 +11,16 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from shared.core.config import Settings
-from shared.novita.models import TaskResult, expires_at
 from shared.sketch.model import Sketch, Stage, Status, StepKind, utcnow
 from shared.sketch.store import Changes, SketchStore
+
+if TYPE_CHECKING:
+    # A result arrives already read by the caller (a check, a test-mode delivery): a request that
+    # applies none never imports the models.
+    from shared.novita.models import TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +181,7 @@ class Results:
             if not result.images:
                 raise MalformedResult(f"image task {task_id} succeeded without an image")
             image = result.images[0]
-            link_expires = expires_at(now, image.image_url_ttl)
+            link_expires = image.expires_at(now)
             changes = {
                 "status": Status.IMAGE_COMPLETE,
                 "image_task_id": task_id,
@@ -206,7 +210,7 @@ class Results:
             if not result.videos:
                 raise MalformedResult(f"video task {task_id} succeeded without a video")
             video = result.videos[0]
-            link_expires = expires_at(now, video.video_url_ttl)
+            link_expires = video.expires_at(now)
             found: Changes = {
                 "video_task_id": task_id,
                 "novita_video_url": video.video_url,

@@ -142,7 +142,7 @@ class Retrier:
         try:
             for attempt in range(MUTATE_ATTEMPTS):
                 document = self._read(sketch_id)
-                sketch = None if document is None else Sketch.model_validate(document.data)
+                sketch = None if document is None else Sketch.from_document(document.data)
                 if document is None or sketch is None or not _owns(caller, sketch):
                     raise SketchNotFound
                 if sketch.retried_at == now:  # our own commit, its answer lost on the way
@@ -172,7 +172,7 @@ class Retrier:
                     extra={"previous_error": sketch.error_message, "previous_task_id": sketch.video_task_id},
                 )
                 sums = [int(result[1][0]) for result in results[1 : 1 + len(counts)]]
-                restarted = _Restarted(sketch.model_copy(update=changes), results[0][0], sums)
+                restarted = _Restarted(sketch.replace(**changes), results[0][0], sums)
                 return self._judged(restarted, counts, claim, sketch)
             raise StoreUnavailable(f"sketch {sketch_id} kept changing under {MUTATE_ATTEMPTS} attempts")
         except Exception:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from functools import cached_property
 
 from shared.core import logs
 from shared.core.deadline import Deadline
-from shared.pipeline import check
 from shared.pipeline.queue import Hint, Step
 from shared.pipeline.results import Outcome, fail_changes
 from shared.pipeline.topology import STEP_DEADLINE_SECONDS
 from shared.pipeline.work import Tools
 from shared.sketch.model import Sketch, StepKind
-from shared.sketch.store import Changes, StoreUnavailable
+from shared.sketch.store import Changes, SketchStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ DEAD_LETTER_FAILURES = 3
 
 def _slow(kind: StepKind) -> Callable[[Tools, Sketch, Deadline], Outcome]:
     """The module of a slow step, imported when one is first run: a copy that finds the sketch moved
-    on, or a door that never runs it, needs none of it (a cold start loads no more than it uses)."""
+    on, or a door that never runs it, needs none of it (a cold start loads no more than it uses; so
+    does the check, `examine`)."""
     if kind is StepKind.SEEDREAM:
         from shared.pipeline import seedream
 
@@ -46,26 +47,37 @@ def _slow(kind: StepKind) -> Callable[[Tools, Sketch, Deadline], Outcome]:
 
 
 class Worker:
-    def __init__(self, tools: Tools) -> None:
-        self.tools = tools
+    """Runs steps. Its tools (Novita's client, the media client, the bucket) are built the first time a
+    step needs them: a step that finds its sketch moved on needs only the store."""
+
+    def __init__(self, store: SketchStore, tools: Callable[[], Tools]) -> None:
+        self._store = store
+        self._tools = tools
+
+    @cached_property
+    def tools(self) -> Tools:
+        return self._tools()
 
     def run(self, step: Step) -> Outcome:
         """Do `step` within its deadline; raises one of TRANSIENT for a fault that may pass."""
         logs.bind_sketch(step.sketch_id)
         deadline = Deadline.after(STEP_DEADLINE_SECONDS)
-        sketch = self.tools.store.get(step.sketch_id)
+        sketch = self._store.get(step.sketch_id)
         if sketch is None:
             log.warning("step for an unknown sketch ignored", extra={"step": step.kind.value})
             return Outcome.IGNORED
         if step.kind is StepKind.CHECK:
             hint = Hint(step.task_id, step.stage, step.result) if step.task_id and step.stage else None
-            return check.examine(self.tools, sketch, deadline, hint)
+            return self.examine(sketch, deadline, hint)
         if sketch.next_step() is not step.kind:
             return Outcome.DUPLICATE  # the sketch has moved on since the step was published
         return _slow(step.kind)(self.tools, sketch, deadline)
 
-    def examine(self, sketch: Sketch, deadline: Deadline) -> Outcome:
-        return check.examine(self.tools, sketch, deadline)
+    def examine(self, sketch: Sketch, deadline: Deadline, hint: Hint | None = None) -> Outcome:
+        """Ask Novita about the sketch's task (`hint`'s, when a webhook named one) and apply it."""
+        from shared.pipeline import check
+
+        return check.examine(self.tools, sketch, deadline, hint)
 
     def note_failure(self, step: Step, error: Exception) -> None:
         """Count the step's failure on the sketch, with why: a dead letter fails the sketch only when
@@ -80,7 +92,7 @@ class Worker:
 
         # If Firestore is what failed, there is nothing to keep the reason in.
         with contextlib.suppress(StoreUnavailable):
-            self.tools.store.mutate(step.sketch_id, note)
+            self._store.mutate(step.sketch_id, note)
 
     def dead_letter(self, step: Step) -> Outcome:
         """A step Pub/Sub gave up on. Pub/Sub hands the message on unchanged, so it proves nothing by
@@ -99,7 +111,7 @@ class Worker:
                 f"the {step.kind.value} step failed {s.step_failures} times; the last time: {last}"
             )
 
-        sketch, changed = self.tools.store.mutate(step.sketch_id, fail)
+        sketch, changed = self._store.mutate(step.sketch_id, fail)
         if changed:
             log.error("a step ended in the dead letters; the sketch failed", extra={"step": step.kind.value})
             return Outcome.APPLIED

@@ -1,14 +1,11 @@
-"""The error answer of `create_sketch`: every code it may send, and the body around it. The function
-builds each error from these models, so a code nobody described cannot go out; `shared/openapi.py`
-describes them."""
+"""The errors of `create_sketch`: every code it may send, and what an error may say beside it. Each
+error is checked with `described` before it goes out, so a code nobody described cannot go out;
+`shared/sketch/schemas.py` and `shared/openapi.py` describe them."""
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
-
-from shared.sketch.model import PublicSketch
+from collections.abc import Iterable
+from typing import Literal, get_args
 
 ErrorCode = Literal[
     "invalid_json",
@@ -37,27 +34,15 @@ ErrorCode = Literal[
     "storage_unavailable",
     "auth_unavailable",
 ]
+ERROR_CODES = frozenset(get_args(ErrorCode))
+# What an error may say beyond its code and message (`ErrorDetail`).
+DETAILS = frozenset({"field", "reason", "sketch"})
 
 
-class ErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    code: ErrorCode
-    message: str = Field(description="what went wrong, in a sentence; it names the field or rule")
-    field: str | None = Field(default=None, description="the field, parameter or header refused (400)")
-    reason: str | None = Field(
-        default=None,
-        description="Novita's reason for a refusal (502, 503), or why a sketch cannot be retried (409 "
-        "`not_retryable`: in_progress, complete, still_not_kept)",
-    )
-    sketch: PublicSketch | None = Field(
-        default=None, description="the sketch the request made or moved, as it now is (502, 503)"
-    )
-
-
-class ErrorAnswer(BaseModel):
-    """Every error `create_sketch` answers, the body guard's own included."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    error: ErrorDetail
+def described(code: str, details: Iterable[str]) -> None:
+    """Refuse a code or a detail nobody described (a bug in the caller)."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"error code {code!r} is not described in ErrorCode")
+    unknown = set(details) - DETAILS
+    if unknown:
+        raise ValueError(f"error details {sorted(unknown)} are not described in ErrorDetail")

@@ -1,18 +1,26 @@
-"""The sketch: the create request, the stored document, its public JSON, its states, and what it
-needs next."""
+"""The sketch: the stored document, its public JSON, its states, and what it needs next.
+
+The standard library only: every request reads a sketch, and a function's first request should not
+wait for pydantic's import. The document is our own (only the functions write it), so reading it
+back checks its shape and converts its words; `shared/sketch/schemas.py` describes the public JSON
+that `Sketch.public` builds, and the tests hold the two equal.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr, WithJsonSchema
+if TYPE_CHECKING:
+    from shared.sketch.request import CreateSketchRequest
 
-from shared.sketch.request import DEFAULT_VIDEO_PROMPT, CreateSketchRequest
-
+DEFAULT_VIDEO_PROMPT = "gentle cinematic camera movement, the scene comes to life"
 _SKETCH_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -69,68 +77,41 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# Firestore timestamps are answered as ISO 8601 UTC strings, to the millisecond.
-UtcTime = Annotated[
-    datetime,
-    PlainSerializer(iso_utc, return_type=str),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
-]
-
-
-class PublicSketch(BaseModel):
-    """A sketch as `create_sketch` answers it (the contract's fields, in its order): what an app may
-    rely on. Bookkeeping stays in the document."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    id: str = Field(description="32 hexadecimal characters")
-    status: Status = Field(
-        description="image_pending -> image_complete -> video_pending -> complete, or failed at any "
-        "point; only the owner's retry moves a failed sketch on again"
-    )
-    prompt: str
-    negative_prompt: str
-    video_prompt: str
-    width: int
-    height: int
-    duration: int
-    seed: int
-    image_task_id: str | None = Field(description="Novita's text-to-image task (none for Seedream 3.0's)")
-    video_task_id: str | None = Field(description="the current Kling task (a retry starts a new one)")
-    image_url: str | None = Field(
-        description="the still: its kept copy once stored, Novita's link until then"
-    )
-    image_url_expires_at: UtcTime | None
-    video_url: str | None = Field(description="the video's kept copy; null until complete")
-    video_url_expires_at: UtcTime | None
-    progress: int = Field(ge=0, le=100, description="never goes down; 100 once complete")
-    eta_seconds: int | None = Field(description="Novita's estimate for the current task")
-    error_message: str | None = Field(description="why the sketch failed")
-    created_at: UtcTime
-    updated_at: UtcTime
-    completed_at: UtcTime | None
-    user_id: str | None = Field(default=None, description="the creator's Firebase uid (AUTH_MODE=firebase)")
-
-
-class SketchPage(BaseModel):
-    """One page of the caller's sketches, newest first (`GET create_sketch` without `id`)."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    sketches: list[PublicSketch]
-    next_page_token: str | None = Field(description="the next page's `page_token`; null on the last page")
-
-
 Stage = Literal["image", "video"]
 # How the still is made: Novita's async text-to-image task (with a webhook), or Seedream 3.0's
 # synchronous endpoint, which runs as a queued step.
 ImageForm = Literal["task", "sync"]
 
+# The public JSON's fields, in the contract's order (`shared/sketch/schemas.py` describes them).
+PUBLIC_FIELDS = (
+    "id",
+    "status",
+    "prompt",
+    "negative_prompt",
+    "video_prompt",
+    "width",
+    "height",
+    "duration",
+    "seed",
+    "image_task_id",
+    "video_task_id",
+    "image_url",
+    "image_url_expires_at",
+    "video_url",
+    "video_url_expires_at",
+    "progress",
+    "eta_seconds",
+    "error_message",
+    "created_at",
+    "updated_at",
+    "completed_at",
+    "user_id",
+)
 
-class Sketch(BaseModel):
+
+@dataclass(kw_only=True)
+class Sketch:
     """A sketch as stored in Firestore. Bookkeeping fields follow the public ones."""
-
-    model_config = ConfigDict(defer_build=True)
 
     id: str
     status: Status
@@ -171,7 +152,7 @@ class Sketch(BaseModel):
     submission_webhook: bool = False
     submission_owner: str | None = None
     # Why each paid request was sent again (a lost answer no task could be adopted for): one line each.
-    repaid: list[str] = []
+    repaid: list[str] = field(default_factory=list)
     # Who holds the sketch's slow work (a create, or a step: Seedream, the chain, the copy), and until
     # when; a live holder renews it.
     step_lease_owner: str | None = None
@@ -193,8 +174,8 @@ class Sketch(BaseModel):
     hint_stage: Stage | None = None
     hint_until: datetime | None = None
     # The document's update time when this copy was read or written, as Firestore gave it: lets
-    # the next conditional write go out without reading the document again.
-    _version: str | None = PrivateAttr(default=None)
+    # the next conditional write go out without reading the document again. Not stored.
+    version: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def new(
@@ -264,14 +245,112 @@ class Sketch(BaseModel):
             return StepKind.COPY if self.novita_video_url is not None else StepKind.CHECK
         return None
 
-    def to_document(self) -> dict[str, Any]:
-        return self.model_dump(mode="python")
+    def replace(self, **changes: Any) -> Sketch:
+        """A copy with `changes` (the version comes along: the caller says when it is stale)."""
+        return dataclasses.replace(self, **changes)
 
-    def public(self) -> PublicSketch:
-        """The sketch as the API answers it (`user_id` only when there is one: answered with
-        `exclude_unset`)."""
-        fields = [name for name in PublicSketch.model_fields if name != "user_id" or self.user_id is not None]
-        return PublicSketch.model_validate({name: getattr(self, name) for name in fields})
+    def to_document(self) -> dict[str, Any]:
+        """The Firestore document: every field but the version, as Python values."""
+        return {name: getattr(self, name) for name in _STORED}
+
+    @classmethod
+    def from_document(cls, data: dict[str, Any], version: str | None = None) -> Sketch:
+        """The sketch a stored document holds (fields it does not know are left out). ValueError
+        names the first field that is missing or not what the functions write."""
+        values: dict[str, Any] = {}
+        for name, check in _READERS.items():
+            if name not in data:
+                if name in _REQUIRED:
+                    raise ValueError(f"sketch document: {name} is missing")
+                continue
+            value = data[name]
+            try:
+                values[name] = check(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"sketch document: {name} is {value!r:.80}") from None
+        return cls(**values, version=version)
+
+    def public(self) -> dict[str, Any]:
+        """The sketch as the API answers it, as JSON (`user_id` only when there is one)."""
+        answer: dict[str, Any] = {}
+        for name in PUBLIC_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                value = iso_utc(value)
+            elif isinstance(value, Status):
+                value = value.value
+            answer[name] = value
+        if self.user_id is None:
+            del answer["user_id"]
+        return answer
+
+
+Reader = Callable[[Any], Any]
+
+
+def _of(kind: type) -> Reader:
+    def read(value: Any) -> Any:
+        # bool is an int to Python, never to the document.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError
+        return value
+
+    return read
+
+
+def _optional(read: Reader) -> Reader:
+    return lambda value: None if value is None else read(value)
+
+
+def _word(literal: Any) -> Reader:
+    words = get_args(literal)
+
+    def read(value: Any) -> Any:
+        if value not in words:
+            raise ValueError
+        return value
+
+    return read
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError
+    return list(value)
+
+
+# How each stored field is read back, by its annotation.
+_BY_ANNOTATION: dict[str, Reader] = {
+    "str": _of(str),
+    "int": _of(int),
+    "bool": _of(bool),
+    "datetime": _of(datetime),
+    "Status": Status,
+    "StepKind": StepKind,
+    "Stage": _word(Stage),
+    "ImageForm": _word(ImageForm),
+    "list[str]": _strings,
+}
+
+
+def _readers() -> dict[str, Reader]:
+    """Each stored field's reader, from its annotation (None allowed where the annotation allows it)."""
+    readers = {}
+    for stored in dataclasses.fields(Sketch):
+        annotation = str(stored.type)
+        base = annotation.removesuffix(" | None")
+        read = _BY_ANNOTATION[base]
+        readers[stored.name] = _optional(read) if base != annotation else read
+    return readers
+
+
+_READERS: dict[str, Reader] = {name: read for name, read in _readers().items() if name != "version"}
+_STORED = tuple(_READERS)
+_REQUIRED = frozenset(
+    f.name
+    for f in dataclasses.fields(Sketch)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
 
 
 RetryRefusal = Literal["in_progress", "complete", "still_not_kept"]

@@ -42,17 +42,12 @@ def _firestore(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"Firestore did not {what}: {exc}") from exc
 
 
-def _versioned(sketch: Sketch, update_time: str) -> Sketch:
-    sketch._version = update_time
-    return sketch
-
-
 def _holds(place: Document | None, sketch_id: str) -> bool:
     return place is not None and place.data.get("sketch_id") == sketch_id
 
 
 def _sketch(document: Document) -> Sketch:
-    return _versioned(Sketch.model_validate(document.data), document.update_time)
+    return Sketch.from_document(document.data, document.update_time)
 
 
 class SketchStore:
@@ -83,7 +78,7 @@ class SketchStore:
         sums = [
             int(result[1][0]) for result, write in zip(results[1:], also, strict=True) if write.increments
         ]
-        return _versioned(sketch.model_copy(), results[0][0]), sums
+        return sketch.replace(version=results[0][0]), sums
 
     def remove(self, sketch_id: str, *, also: Sequence[Write | Delete] = ()) -> None:
         """Delete the sketch's document, and apply `also` in the same atomic commit."""
@@ -112,7 +107,7 @@ class SketchStore:
         written, saves the first read; if the document has changed since, the write is refused
         and the sketch is read again.
         """
-        sketch = known if known is not None and known._version is not None else self.get(sketch_id)
+        sketch = known if known is not None and known.version is not None else self.get(sketch_id)
         for _ in range(MUTATE_ATTEMPTS):
             if sketch is None:
                 return None, False
@@ -124,13 +119,13 @@ class SketchStore:
                 raise ValueError(f"sketch {sketch_id} cannot move from {sketch.status} to {new_status}")
             changes = {**changes, "updated_at": utcnow()}
             with _firestore(f"update sketch {sketch_id}"):
-                written = self._write_if_unchanged(self._collection, sketch_id, changes, sketch._version)
+                written = self._write_if_unchanged(self._collection, sketch_id, changes, sketch.version)
             if written is None:
                 sketch = self.get(sketch_id)  # somebody else changed it first: decide again on that
                 continue
             if new_status != sketch.status:
                 log.info("sketch status changed", extra={"sketch_id": sketch_id, "status": str(new_status)})
-            return _versioned(sketch.model_copy(update=changes), written), True
+            return sketch.replace(**changes, version=written), True
         raise StoreUnavailable(f"sketch {sketch_id} kept changing under {MUTATE_ATTEMPTS} attempts")
 
     def due_for_recovery(self, now: datetime, limit: int, after: Sketch | None = None) -> list[Sketch]:

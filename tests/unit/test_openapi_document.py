@@ -1,6 +1,5 @@
 """The OpenAPI document of `create_sketch` (shared/openapi.py): `openapi.json` is what the code
-generates, it is a document Schemathesis can drive, and the answers the code builds from the same
-models conform to it."""
+generates, it is a document Schemathesis can drive, and the answers the code builds conform to it."""
 
 from __future__ import annotations
 
@@ -13,9 +12,11 @@ import httpx
 import pytest
 import schemathesis
 
+from shared.edge.answers import error_response
 from shared.edge.guard import BodyRefused
-from shared.openapi import ERRORS, ErrorAnswer, ErrorCode, document, document_text
-from shared.sketch.model import SketchPage, Status
+from shared.openapi import ERRORS, ErrorCode, document, document_text
+from shared.sketch.model import Status
+from shared.sketch.schemas import ErrorAnswer
 from tests.unit.world import World
 
 FILE = Path(__file__).resolve().parents[2] / "openapi.json"
@@ -62,23 +63,19 @@ def answered(method: str, query: str, status: int, body: Any, headers: dict[str,
 @pytest.mark.parametrize("status", list(Status))
 def test_a_sketch_in_every_status_conforms_as_a_read_a_page_and_a_create(status: Status) -> None:
     world = World()
-    sketch = world.sketch(status, image_task_id="img-1", user_id="uid-1", progress=50).public()
-    body = sketch.model_dump(mode="json", exclude_unset=True)
+    body = world.sketch(status, image_task_id="img-1", user_id="uid-1", progress=50).public()
     assert body["created_at"].endswith("Z")
 
-    answered("GET", f"?id={sketch.id}", 200, body)
+    answered("GET", f"?id={body['id']}", 200, body)
     answered("POST", "", 202, body, {"Idempotent-Replayed": "true"})
-    page = SketchPage(sketches=[sketch], next_page_token=None)
-    answered("GET", "", 200, page.model_dump(mode="json", exclude_unset=True))
+    answered("GET", "", 200, {"sketches": [body], "next_page_token": None})
     answered("GET", "?openapi", 200, document())
 
 
 def test_an_error_with_its_sketch_conforms_and_an_unknown_code_is_refused_by_the_model() -> None:
     world = World()
     sketch = world.sketch(Status.FAILED, error_message="Novita 400 ILLEGAL_PROMPT: no").public()
-    error = ErrorAnswer.model_validate(
-        {"error": {"code": "novita_rejected", "message": "no", "reason": "ILLEGAL_PROMPT", "sketch": sketch}}
-    )
-    answered("POST", "", 502, error.model_dump(mode="json", exclude_unset=True))
+    error = error_response(502, "novita_rejected", "no", reason="ILLEGAL_PROMPT", sketch=sketch)
+    answered("POST", "", 502, error.get_json())
     with pytest.raises(ValueError):
         ErrorAnswer.model_validate({"error": {"code": "made_up", "message": "no"}})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.runtime import tls_context
+from shared.core.http import tls_context
 from tests.certificates import self_signed_cert
 
 NAME = "roots.test"

@@ -177,7 +177,7 @@ class World:
             self.storage,
             lambda host, port: ["127.0.0.1"],
         )
-        self.worker = Worker(self.tools)
+        self.worker = Worker(self.store, lambda: self.tools)
         self.recovery = Recovery(self.store, self.results, lambda: self.worker, self.queue)
         self.caps = DailyCaps.of(self.settings)
         self.creator = Creator(
@@ -195,7 +195,7 @@ class World:
         """A stored sketch in `status`, with `fields` over a plain create's."""
         now = utcnow()
         made = Sketch.new(new_sketch_id(), CreateSketchRequest(prompt="a walrus"), now, None, now, "task")
-        made = made.model_copy(update={"status": status, **fields})
+        made = made.replace(status=status, **fields)
         stored, _ = self.store.create(made)
         return stored
 
@@ -206,7 +206,7 @@ class World:
 
     def published(self) -> list[Step]:
         """The steps handed on, in order."""
-        return [Step.model_validate(json.loads(message.data)["step"]) for _, message in self.pubsub.published]
+        return [Step.from_json(json.loads(message.data)["step"]) for _, message in self.pubsub.published]
 
     def published_kinds(self) -> list[str]:
         return [step.kind.value for step in self.published()]
