@@ -30,7 +30,6 @@ from bench.stack import (
     API_KEY,
     BENCH,
     HTTP_TIMEOUT,
-    KLING_PATH,
     SHIPPED,
     WORKER,
     Deployment,
@@ -43,6 +42,7 @@ from bench.stills import BIG_NAME, TYPICAL_NAME, VIDEO_BYTES, VIDEO_NAME
 from devstack.functions import ROOT, FunctionServer
 from devstack.processes import free_port, wait_until
 from shared.media.still import inspect_still
+from shared.novita.client import KLING_I2V_PATH
 from shared.pipeline.queue import Step
 from shared.sketch.model import Sketch, Status, StepKind
 
@@ -408,7 +408,7 @@ def plain_chain(
     dep.upload(client, name, data, "image/jpeg")
     t2 = time.perf_counter()
     response = client.post(
-        stack.simulator.url + KLING_PATH,
+        stack.simulator.url + KLING_I2V_PATH,
         headers={"Authorization": f"Bearer {API_KEY}"},
         data=kling_fields(sketch, dep.webhook_url(sketch.id, "video")),
         files={"image": ("still.jpg", data, "image/jpeg")},

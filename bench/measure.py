@@ -37,11 +37,11 @@ def machine_busy(seconds: float = 1.0) -> float:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, ... of `pid`, in kB."""
+    """VmRSS, VmHWM, ... of `pid`, in kB, and its Threads."""
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key.startswith("Vm"):
+        if key.startswith("Vm") or key == "Threads":
             values[key] = int(rest.split()[0])
     return values
 

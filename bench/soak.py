@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from bench.hot import outcome
-from bench.measure import cpu_seconds, say
+from bench.measure import cpu_seconds, proc_status, say
 from bench.stack import HTTP_TIMEOUT, INSTANCE_CONCURRENCY, Deployment, Stack
 from devstack.processes import LOOPBACK
 from shared.pipeline.queue import Step
@@ -96,8 +96,8 @@ def look(pid: int, sketches: int, in_round: int, seconds: float, cpu: dict[str, 
             sockets += 1
         else:
             other += 1
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    rss_kb, threads = int(status["VmRSS"].split()[0]), int(status["Threads"])
+    status = proc_status(pid)
+    rss_kb, threads = status["VmRSS"], status["Threads"]
     return Look(sketches, in_round, rss_kb, sockets, other, threads, seconds, cpu)
 
 

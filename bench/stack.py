@@ -44,11 +44,9 @@ from shared.google.storage import CHUNK_BYTES
 from shared.pipeline.queue import Step, message
 from shared.pipeline.topology import (
     DEAD_LETTER_SUBSCRIPTION,
-    DEAD_LETTER_TOPIC,
     STEP_ACTION,
     SUBSCRIPTION,
     SWEEP_ACTION,
-    TOPIC,
 )
 from shared.sketch.model import Sketch, Stage, Status, new_sketch_id, utcnow
 from shared.sketch.request import CreateSketchRequest
@@ -58,7 +56,6 @@ API_KEY = "bench-novita-key"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
 BUCKET = "sketch-machine-bench-media"
 COLLECTION = "sketches"
-KLING_PATH = "/v3/async/kling-v2.1-i2v-master"
 BENCH = ROOT / "bench"
 INSTRUMENT = BENCH / "instrument"
 # Put first on a function's PYTHONPATH with `shipped_env`: it imports only what deploy.sh ships.
@@ -229,7 +226,7 @@ class Deployment:
         if self.pushes:
             self.stack.pubsub.create_topology(self.project, self.steps.url)
         else:
-            self.stack.topics(self.project)
+            self.stack.pubsub.create_topics(self.project)
         for server in self.servers:
             server.start()
         if sweep_every is not None:
@@ -439,18 +436,8 @@ class Deployment:
     ) -> list[dict[str, Any]]:
         """The JSON log lines of `server` (by default both doors of the webhook) whose message starts
         with `text` (about `sketch_id`)."""
-        lines = []
-        for source in [server] if server is not None else [self.webhook, self.steps]:
-            for raw in source.log_path.read_text(errors="replace").splitlines():
-                if not raw.startswith("{"):
-                    continue
-                line = json.loads(raw)
-                if str(line.get("message")).startswith(text) and sketch_id in (
-                    None,
-                    line.get("sketch_id"),
-                ):
-                    lines.append(line)
-        return lines
+        sources = [server] if server is not None else [self.webhook, self.steps]
+        return [line for source in sources for line in source.log_lines(text, sketch_id)]
 
 
 class Stack:
@@ -489,15 +476,6 @@ class Stack:
         for emulator in (self.pubsub, self.firestore):
             emulator.stop()
         self.http.close()
-
-    def topics(self, project: str) -> None:
-        """The steps' topics of `project` without their subscriptions: a message published to them is
-        kept by nobody."""
-        base = f"{self.pubsub.url}/v1/projects/{project}/topics"
-        for topic in (TOPIC, DEAD_LETTER_TOPIC):
-            answer = self.http.put(f"{base}/{topic}", json={})
-            if answer.status_code != 409:  # made already
-                answer.raise_for_status()
 
     def deploy(self, name: str, *, sweep_every: float | None = None, **options: Any) -> Deployment:
         deployment = Deployment(self, name, **options)
@@ -564,7 +542,7 @@ class Stack:
 
     def configure(self, **changes: Any) -> None:
         """Change some of the simulator's switches, keeping the rest as they are."""
-        self.http.post(f"{self.simulator.url}/_sim/config", json=changes).raise_for_status()
+        self.simulator.configure(**changes)
 
     def simulate(self, **changes: Any) -> None:
         """The simulator at its defaults but for `changes`, whatever the flow before had set."""

@@ -36,17 +36,16 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import av
-import httpx
 from PIL import Image, UnidentifiedImageError
 
 from chaos.repaid import Repaid, cause
+from chaos.settle import FINAL
 from chaos.traffic import Ask
+from devstack.storage import StorageEmulator
 from novita_simulator.media import media_id
 
-FINAL = ("complete", "failed")
 STAGES = ("image", "video")
 # What the pipeline says when it stopped before paying anything (shared/pipeline/paid.py).
 NOTHING_PAID = "nothing was paid"
@@ -89,6 +88,8 @@ class Audit:
     # For each create refused for the balance once it had been back longer than the breaker's time:
     # how long it had been back (seconds).
     late_refusals: list[float]
+    # Each paid call under its sketch and stage (`join`).
+    joined: dict[tuple[str, str], list[dict[str, Any]]]
 
     @property
     def passed(self) -> bool:
@@ -101,24 +102,11 @@ class Audit:
         )
 
 
-@dataclass(frozen=True)
-class Bucket:
-    url: str
-    name: str
-
-    def read(self, http: httpx.Client, name: str) -> bytes | None:
-        answer = http.get(f"{self.url}/download/storage/v1/b/{self.name}/o/{quote(name, safe='')}?alt=media")
-        if answer.status_code == 404:
-            return None
-        answer.raise_for_status()
-        return answer.content
-
-
 def audit(
     documents: Mapping[str, Document],
     ledger: list[dict[str, Any]],
     asked: list[Ask],
-    bucket: Bucket,
+    bucket: StorageEmulator,
     unexpected: list[str],
     balance_out: list[tuple[float, float]],
     breaker_seconds: float,
@@ -153,11 +141,10 @@ def audit(
         no_500.fail(case, _sketch_named(case, documents))
     paid_once, extra, documented = payments(documents, joined, strays, told)
     media = Check("media", "every complete sketch's still and video in the bucket, whole, and its own")
-    with httpx.Client(timeout=30) as http:
-        for sketch_id, document in documents.items():
-            if document["status"] == "complete":
-                for problem in media_problems(http, bucket, document, joined):
-                    media.fail(f"{sketch_id}: {problem}", sketch_id)
+    for sketch_id, document in documents.items():
+        if document["status"] == "complete":
+            for problem in media_problems(bucket, document, joined):
+                media.fail(f"{sketch_id}: {problem}", sketch_id)
     statuses = [document["status"] for document in documents.values()]
     return Audit(
         sketches=len(documents),
@@ -170,6 +157,7 @@ def audit(
         checks=[settled, reasons, paid_once, media, asked_check, no_500],
         reasons=reason_counts(document.get("error_message") for document in documents.values()),
         late_refusals=late_refusals(asked, balance_out, breaker_seconds),
+        joined=joined,
     )
 
 
@@ -262,8 +250,7 @@ def payments(
 
 
 def media_problems(
-    http: httpx.Client,
-    bucket: Bucket,
+    bucket: StorageEmulator,
     document: Document,
     joined: Mapping[tuple[str, str], list[dict[str, Any]]],
 ) -> list[str]:
@@ -276,7 +263,7 @@ def media_problems(
         problems.append(f"its video is kept as {video_name!r}, not under its own name")
     if problems:
         return problems
-    still, video = bucket.read(http, still_name), bucket.read(http, video_name)
+    still, video = bucket.read(still_name), bucket.read(video_name)
     if still is None or video is None:
         return [
             f"{name} is not in the bucket"

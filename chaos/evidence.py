@@ -11,33 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from chaos.traffic import Ask
+from devstack.functions import FunctionServer
 
-# Each function's log, as the local stack names it, and the door it is.
-LOGS = {
-    "create_sketch.log": "create",
-    "novita_webhook.log": "public",
-    "novita_webhook-steps.log": "private",
-}
 # What a line shows besides its time, door, severity and message.
 SHOWN = ("task_id", "step", "stage", "outcome", "status", "attempt", "http_status", "form", "action")
 
 Line = dict[str, Any]
 
 
-def read_logs(log_dir: Path) -> list[Line]:
+def read_logs(doors: Mapping[str, FunctionServer]) -> list[Line]:
     """Every JSON line the functions wrote, each with the door that wrote it; gunicorn's own plain
     lines (a worker killed on purpose) are left out."""
     lines = []
-    for name, door in LOGS.items():
-        path = log_dir / name
-        if not path.exists():
-            continue
-        for raw in path.read_text(errors="replace").splitlines():
-            if raw.startswith("{"):
-                try:
-                    lines.append({**json.loads(raw), "door": door})
-                except ValueError:
-                    continue  # a line cut short by a kill
+    for door, server in doors.items():
+        lines += [{**line, "door": door} for line in server.log_lines()]
     return sorted(lines, key=lambda line: str(line.get("time", "")))
 
 

@@ -14,9 +14,6 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from chaos.schedule import CALM, EPISODES, STEADY, Episode, EpisodeKind, Function, Plan, after
 from devstack.functions import FunctionServer
@@ -27,29 +24,13 @@ class HarnessError(Exception):
     """The run itself failed (an emulator that did not come back): nothing can be said of the machine."""
 
 
-class Simulator:
-    """The simulator's control endpoint: its settings changed while it runs."""
-
-    def __init__(self, base_url: str) -> None:
-        self._url = f"{base_url}/_sim/config"
-        self._http = httpx.Client(timeout=10)
-        self._lock = threading.Lock()
-
-    def configure(self, changes: dict[str, Any]) -> None:
-        with self._lock:
-            self._http.post(self._url, json=changes).raise_for_status()
-
-    def close(self) -> None:
-        self._http.close()
-
-
 class Injector:
     def __init__(self, stack: LocalStack, plan: Plan, journal: Path) -> None:
         assert stack.simulator is not None, "a chaos run drives the simulator"
         self._stack = stack
         self._plan = plan
         self._journal = journal
-        self._simulator = Simulator(stack.novita_base_url)
+        self._simulator = stack.simulator
         self._servers: dict[Function, FunctionServer] = {
             "create_sketch": stack.create,
             "novita_webhook": stack.webhook,
@@ -67,7 +48,7 @@ class Injector:
     def start(self, started: float) -> Injector:
         """Turn the steady faults on and run the schedule, its times counted from `started`."""
         self._started = started
-        self._simulator.configure({**STEADY, "fault_seed": self._plan.seed})
+        self._simulator.configure(**STEADY, fault_seed=self._plan.seed)
         self._thread.start()
         return self
 
@@ -78,8 +59,7 @@ class Injector:
         self._thread.join()
         for thread in self._running:
             thread.join()
-        self._simulator.configure(CALM)
-        self._simulator.close()
+        self._simulator.configure(**CALM)
         if self.errors:
             raise HarnessError("; ".join(self.errors))
 
@@ -126,11 +106,11 @@ class Injector:
         elif episode.kind == "restart_storage":
             self._stack.restart_storage(episode.seconds)
         else:
-            self._simulator.configure(episode.settings)
+            self._simulator.configure(**episode.settings)
             try:
                 self._stopping.wait(episode.seconds)
             finally:
-                self._simulator.configure(after(episode.kind))
+                self._simulator.configure(**after(episode.kind))
         return "done"
 
     @staticmethod

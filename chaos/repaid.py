@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-# Where each paid request goes (shared/novita/client.py), as the client logs its answer.
-PATHS = {
-    "txt2img": "/v3/async/txt2img",
-    "seedream": "/v3/seedream-3-0-txt2img",
-    "kling": "/v3/async/kling-v2.1-i2v-master",
-}
+from shared.novita.client import KLING_I2V_PATH, SEEDREAM_PATH, TXT2IMG_PATH
+
+# Where each paid request goes, as the client logs its answer.
+PATHS = {"txt2img": TXT2IMG_PATH, "seedream": SEEDREAM_PATH, "kling": KLING_I2V_PATH}
 # The WARNING a step writes as it sends a request again (shared/pipeline/paid.py).
 PAYING_AGAIN = "paying again for a request"
 

@@ -18,15 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from chaos import evidence
-from chaos.audit import Audit, Bucket, audit, join
+from chaos.audit import Audit, audit
 from chaos.faults import HarnessError, Injector
 from chaos.schedule import EPISODES, LINK_TTL, STEADY, Plan, plan
 from chaos.settle import Settle, Sketches, settle
 from chaos.traffic import SKETCHES_PER_GUEST, App, Ask, asks, guests_for, sign_in
-from devstack.stack import BUCKET, local_stack
+from devstack.stack import local_stack
 
 # The simulator's pace: a still in 2 s, a video in 3 s, as the local run has them.
 IMAGE_DELAY, VIDEO_DELAY = 2.0, 3.0
@@ -111,8 +109,11 @@ def run(seed: int, sketches: int, personality: str, out: Path) -> int:
                 clock.say(f"faults stopped; function instances started again: {stack.supervisor.restarts}")
                 documents, settled = settle(found, calm, clock.say)
                 app.stop()
-                ledger = httpx.get(f"{stack.novita_base_url}/_sim/ledger", timeout=30).json()
-                lines = evidence.read_logs(folder / "logs")
+                assert stack.simulator is not None  # a chaos run drives the simulator
+                ledger = stack.simulator.ledger()
+                lines = evidence.read_logs(
+                    {"create": stack.create, "public": stack.webhook, "private": stack.steps}
+                )
                 told = evidence.by_sketch(lines)
                 clock.say(
                     "auditing: the ledger joined to the sketches, every still and video from the bucket"
@@ -121,7 +122,7 @@ def run(seed: int, sketches: int, personality: str, out: Path) -> int:
                     documents,
                     ledger["paid"],
                     asked,
-                    Bucket(stack.storage.url, BUCKET),
+                    stack.storage,
                     [f"app: {t} s {request}: {body}" for t, request, body in app.unexpected]
                     + evidence.unexpected(lines),
                     _balance_out(folder / "faults.jsonl"),
@@ -135,9 +136,8 @@ def run(seed: int, sketches: int, personality: str, out: Path) -> int:
         return 2
     finally:
         stack_log.close()
-    joined, _ = join(documents, ledger["paid"])
     wrong = set().union(*(check.sketches for check in result.checks))
-    stories = evidence.write_stories(folder / "evidence", wrong, documents, joined, asked, told)
+    stories = evidence.write_stories(folder / "evidence", wrong, documents, result.joined, asked, told)
     _save(folder / "asks.json", [_ask_json(ask) for ask in asked])
     _save(folder / "ledger.json", ledger)
     _save(folder / "sketches.json", documents)
@@ -204,7 +204,7 @@ def _audit_json(result: Audit, settled: Settle, schedule: Plan, personality: str
         "passed": result.passed,
         "seed": schedule.seed,
         "personality": personality,
-        "settle": settled.to_json(),
+        "settle": asdict(settled),
         "figures": {
             k: getattr(result, k) for k in ("sketches", "complete", "failed", "stuck", "paid", "extra")
         },

@@ -21,10 +21,11 @@ from typing import Any
 from google.cloud import firestore
 
 from devstack.stack import COLLECTION, PROJECT, LocalStack
+from shared.sketch.model import Status
 
 SETTLE_BOUND = 150.0
 LOOK_EVERY = 2.0
-FINAL = ("complete", "failed")
+FINAL = tuple(status.value for status in Status if status.is_final)
 
 
 @dataclass
@@ -37,15 +38,6 @@ class Settle:
     # The longest one of those took to become final, and which.
     slowest: float
     slowest_sketch: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "bound": self.bound,
-            "took": self.took,
-            "unfinished": self.unfinished,
-            "slowest": self.slowest,
-            "slowest_sketch": self.slowest_sketch,
-        }
 
 
 class Sketches:

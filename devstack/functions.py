@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from devstack.processes import LOOPBACK, answers, free_port, kill, start, stop, wait_until
 
@@ -80,6 +82,21 @@ class FunctionServer:
         if self.process is not None:
             kill(self.process)
             self.process = None
+
+    def log_lines(self, message: str = "", sketch_id: str | None = None) -> list[dict[str, Any]]:
+        """The JSON lines the function logged whose message starts with `message` (about `sketch_id`),
+        as it wrote them; gunicorn's plain lines, and a line a kill cut short, are left out."""
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            if not raw.startswith("{"):
+                continue
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if str(line.get("message")).startswith(message) and sketch_id in (None, line.get("sketch_id")):
+                lines.append(line)
+        return lines
 
     @property
     def pid(self) -> int | None:

@@ -107,15 +107,21 @@ class PubSubEmulator:
         if self._gate is not None:
             self._gate.open()
 
+    def create_topics(self, project: str) -> None:
+        """The steps' topics, without subscriptions (a message published to them is kept by nobody
+        until there are some)."""
+        with httpx.Client(timeout=10) as http:
+            for topic in (TOPIC, DEAD_LETTER_TOPIC):
+                answer = http.put(f"{self._direct}/v1/projects/{project}/topics/{topic}", json={})
+                if answer.status_code != 409:  # made already
+                    answer.raise_for_status()
+
     def create_topology(self, project: str, webhook_url: str, retry: RetryPolicy = LOCAL_RETRY) -> None:
         """The steps' topics and push subscriptions, pointed at `webhook_url`; made or brought up to date."""
         self._topologies[project] = (webhook_url, retry)
         base = f"{self._direct}/v1/projects/{project}"
+        self.create_topics(project)
         with httpx.Client(timeout=10) as http:
-            for topic in (TOPIC, DEAD_LETTER_TOPIC):
-                answer = http.put(f"{base}/topics/{topic}", json={})
-                if answer.status_code != 409:
-                    answer.raise_for_status()
             subscriptions = {
                 SUBSCRIPTION: subscription_body(
                     project, TOPIC, with_action(webhook_url, STEP_ACTION), retry, dead_letters=True

@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from devstack.functions import ROOT
 from devstack.processes import LOOPBACK, answers, free_port, start, stop, wait_until
@@ -61,6 +64,14 @@ class SimulatorProcess:
         if self._proc is not None:
             stop(self._proc)
             self._proc = None
+
+    def configure(self, **changes: Any) -> None:
+        """Change some of the simulator's switches, keeping the rest as they are."""
+        httpx.post(f"{self.url}/_sim/config", json=changes, timeout=10).raise_for_status()
+
+    def ledger(self) -> dict[str, Any]:
+        """Every paid call and every refusal, as the simulator recorded them."""
+        return dict(httpx.get(f"{self.url}/_sim/ledger", timeout=30).raise_for_status().json())
 
     @property
     def pid(self) -> int | None:

@@ -69,6 +69,16 @@ class StorageEmulator:
         time.sleep(downtime)
         self.start()
 
+    def read(self, name: str) -> bytes | None:
+        """An object's bytes, None if there is no such object."""
+        answer = httpx.get(
+            f"{self.url}/download/storage/v1/b/{self.bucket}/o/{quote(name, safe='')}?alt=media", timeout=30
+        )
+        if answer.status_code == 404:
+            return None
+        answer.raise_for_status()
+        return answer.content
+
     def object(self, name: str) -> dict[str, object] | None:
         """An object's metadata, None if there is no such object."""
         answer = httpx.get(f"{self.url}/storage/v1/b/{self.bucket}/o/{quote(name, safe='')}", timeout=10)

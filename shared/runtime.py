@@ -11,11 +11,11 @@ import logging
 import sys
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.core import logs
 from shared.core.config import ConfigError, Settings, get_settings
-from shared.core.http import Http, KeptAlive, tls_context
+from shared.core.http import KeptAlive, tls_context
 from shared.google import firestore as firestore_rest
 from shared.google import pubsub as pubsub_rest
 from shared.google.api import EMULATOR_TOKEN, TIMEOUT, GoogleApi, MetadataToken, TokenSource
@@ -37,10 +37,11 @@ if TYPE_CHECKING:
     from shared.spending.idempotency import IdempotencyKeys
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # An instance serves up to 32 requests at once (deploy.sh), each on its own thread: Novita's client
 # keeps that many connections alive, so that a burst does not open (and TLS-handshake) new ones on
-# every call. (Google's, `KeptAlive`, keeps one per thread and host.)
+# every call. (Google's, `KeptAlive`, keeps up to as many idle per host.)
 POOL_CONNECTIONS, POOL_KEPT_ALIVE = 100, 64
 
 
@@ -55,12 +56,7 @@ def load_settings_or_exit() -> Settings:
         sys.exit(f"configuration error: {exc}")
 
 
-def google_token(settings: Settings, http: Http, emulated: bool) -> TokenSource:
-    """The emulators' stand-in token, or the instance's own from the metadata server."""
-    return EMULATOR_TOKEN if emulated else MetadataToken(http, settings.metadata_host)
-
-
-def firestore_client(settings: Settings, http: Http, token: TokenSource) -> firestore_rest.Firestore:
+def firestore_client(settings: Settings, http: KeptAlive, token: TokenSource) -> firestore_rest.Firestore:
     """Firestore itself with the instance's service account, or the emulator when one is named."""
     host = settings.firestore_emulator_host
     api = GoogleApi(http, token=EMULATOR_TOKEN if host else token)
@@ -68,19 +64,31 @@ def firestore_client(settings: Settings, http: Http, token: TokenSource) -> fire
     return firestore_rest.Firestore(api, settings.project, base_url=base_url)
 
 
-def pubsub_client(settings: Settings, http: Http, token: TokenSource) -> pubsub_rest.PubSub:
+def pubsub_client(settings: Settings, http: KeptAlive, token: TokenSource) -> pubsub_rest.PubSub:
     host = settings.pubsub_emulator_host
     api = GoogleApi(http, token=EMULATOR_TOKEN if host else token)
     base_url = f"http://{host}" if host else pubsub_rest.PRODUCTION_URL
     return pubsub_rest.PubSub(api, settings.project, base_url=base_url)
 
 
-def storage_client(settings: Settings, http: Http, token: TokenSource) -> Storage:
+def storage_client(settings: Settings, http: KeptAlive, token: TokenSource) -> Storage:
     from shared.google import storage as storage_rest
 
     emulator = settings.storage_emulator_host
     api = GoogleApi(http, token=EMULATOR_TOKEN if emulator else token)
     return storage_rest.Storage(api, http, base_url=emulator or storage_rest.PRODUCTION_URL)
+
+
+class _built_once(cached_property[T]):  # noqa: N801 (a decorator, named as cached_property is)
+    """A part of the runtime, built by the first thread that asks for it while the others wait (since
+    Python 3.12, cached_property lets racing threads each build their own). Once built, the value
+    sits in the instance's __dict__ and is read without the lock."""
+
+    def __get__(self, instance: Any, owner: type | None = None) -> T:
+        if instance is None:
+            return self  # type: ignore[return-value]  # the descriptor itself, as on the class
+        with instance._lock:  # an RLock: a part may ask for another while it is built
+            return super().__get__(instance, owner)
 
 
 class Runtime:
@@ -90,7 +98,9 @@ class Runtime:
         self.settings = settings
         self._tls = tls_context()
         self._http = KeptAlive(self._tls, TIMEOUT)
-        self._token = google_token(settings, self._http, emulated=False)
+        # The instance's own token; each client below takes the emulators' stand-in instead when an
+        # emulator is named.
+        self._token = MetadataToken(self._http, settings.metadata_host)
         self._db = firestore_client(settings, self._http, self._token)
         self.store = SketchStore(self._db, settings.sketches_collection)
         self.results = Results(settings, self.store)
@@ -100,20 +110,19 @@ class Runtime:
         self.recovery = Recovery(self.store, self.results, lambda: self.worker, self.queue)
         self._lock = threading.RLock()
 
-    @cached_property
+    @_built_once
     def novita(self) -> NovitaClient:
+        import httpx
+
         from shared.novita.client import NovitaClient
         from shared.pipeline.forms import FormsInFirestore
 
-        with self._lock:
-            import httpx
+        limits = httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_KEPT_ALIVE)
+        transport = httpx.HTTPTransport(verify=self._tls, limits=limits)
+        memory = FormsInFirestore(self._db, self.settings.sketches_collection)
+        return NovitaClient(self.settings, transport=transport, memory=memory)
 
-            limits = httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_KEPT_ALIVE)
-            transport = httpx.HTTPTransport(verify=self._tls, limits=limits)
-            memory = FormsInFirestore(self._db, self.settings.sketches_collection)
-            return NovitaClient(self.settings, transport=transport, memory=memory)
-
-    @cached_property
+    @_built_once
     def breaker(self) -> BalanceBreaker:
         from shared.spending.breaker import BalanceBreaker
 
@@ -121,17 +130,17 @@ class Runtime:
             self._db, self.settings.sketches_collection, self.settings.balance_breaker_seconds
         )
 
-    @cached_property
+    @_built_once
     def storage(self) -> Storage | None:
         return storage_client(self.settings, self._http, self._token) if self.settings.media_bucket else None
 
-    @cached_property
+    @_built_once
     def worker(self) -> Worker:
         from shared.pipeline.steps import Worker
 
         return Worker(self.store, lambda: self.tools)
 
-    @cached_property
+    @_built_once
     def tools(self) -> Tools:
         import httpx
 
@@ -139,62 +148,58 @@ class Runtime:
         from shared.media.policy import default_resolver
         from shared.pipeline.work import Tools
 
-        with self._lock:
-            # A media host's fault that may pass fails the step, which Pub/Sub delivers again with backoff.
-            media_http = media_client(transport=httpx.HTTPTransport(verify=self._tls))
-            return Tools(
-                self.settings,
-                self.store,
-                self.results,
-                self.novita,
-                self.queue,
-                self.breaker,
-                media_http,
-                self.storage,
-                default_resolver,
-            )
+        # A media host's fault that may pass fails the step, which Pub/Sub delivers again with backoff.
+        media_http = media_client(transport=httpx.HTTPTransport(verify=self._tls))
+        return Tools(
+            self.settings,
+            self.store,
+            self.results,
+            self.novita,
+            self.queue,
+            self.breaker,
+            media_http,
+            self.storage,
+            default_resolver,
+        )
 
-    @cached_property
+    @_built_once
     def caps(self) -> DailyCaps:
         from shared.spending.daily import DailyCaps
 
         return DailyCaps.of(self.settings)
 
-    @cached_property
+    @_built_once
     def keys(self) -> IdempotencyKeys:
         from shared.spending.idempotency import IdempotencyKeys
 
         return IdempotencyKeys(self._db, self.settings.sketches_collection)
 
-    @cached_property
+    @_built_once
     def creator(self) -> Creator:
         from shared.pipeline.creation import Creator
 
-        with self._lock:
-            return Creator(
-                self.settings,
-                self.store,
-                self.results,
-                self.novita,
-                self.queue,
-                self.breaker,
-                self.caps,
-                self.keys,
-            )
+        return Creator(
+            self.settings,
+            self.store,
+            self.results,
+            self.novita,
+            self.queue,
+            self.breaker,
+            self.caps,
+            self.keys,
+        )
 
-    @cached_property
+    @_built_once
     def retrier(self) -> Retrier:
         from shared.pipeline.retry import Retrier
 
-        with self._lock:
-            return Retrier(self._db, self.tools, self.caps, self.keys)
+        return Retrier(self._db, self.tools, self.caps, self.keys)
 
-    @cached_property
+    @_built_once
     def deletion(self) -> Deletion:
         from shared.pipeline.deletion import Deletion
 
-        with self._lock:
-            return Deletion(self._db, self.store, self.storage, self.settings)
+        return Deletion(self._db, self.store, self.storage, self.settings)
 
 
 _building = threading.Lock()

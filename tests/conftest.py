@@ -58,21 +58,10 @@ SHARED_EMULATORS = "SKETCH_TEST_EMULATORS"
 FIGURES_DIR = "SKETCH_TEST_FIGURES"
 # The pytest-xdist worker this process is ("gw0", ...), or "main": names its stacks' projects.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-# Fixtures whose tests need an emulator, the simulator or a function process: `stack` marks them.
-STACK_FIXTURES = {
-    "emulators",
-    "emulator",
-    "pubsub",
-    "storage",
-    "auth",
-    "stack_factory",
-    "default_stack",
-    "stack",
-    "reference_stack",
-    "either_stack",
-    "quick_recovery_stack",
-    "recovery_stack",
-}
+# Every fixture that needs an emulator, the simulator or a function process depends on one of these
+# (`emulator` also names test_firestore_rules.py's own): a test that uses them, however indirectly,
+# is marked `stack`.
+STACK_FIXTURES = {"emulators", "emulator"}
 
 
 def firestore_error(http_status: int, status: str) -> httpx.Response:
@@ -100,7 +89,7 @@ class Scripted:
 def record_figure(scenario: str, figure: str, value: object) -> None:
     """A figure printed at the end of the run (from every worker: each line goes to a shared file)."""
     line = json.dumps([scenario, figure, str(value)])
-    folder = Path(os.environ.get(FIGURES_DIR) or LOG_DIR / f"figures-{os.getpid()}")
+    folder = Path(os.environ[FIGURES_DIR])  # pytest_configure set it, in the controller and each worker
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / f"{WORKER}-{os.getpid()}.jsonl").open("a", encoding="utf-8") as out:
         out.write(line + "\n")
@@ -133,7 +122,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    folder = Path(os.environ.get(FIGURES_DIR, LOG_DIR / "none"))
+    folder = Path(os.environ[FIGURES_DIR])
     figures = [
         tuple(json.loads(line))
         for file in sorted(folder.glob("*.jsonl"))
@@ -161,25 +150,31 @@ class Emulators:
         self.firestore, self.pubsub, self.storage, self.auth = firestore, pubsub, storage, auth
 
     @classmethod
-    def start(cls, log_dir: Path, *, restartable: bool = False) -> Emulators:
-        """All four started; if one cannot start, the ones started before it are stopped again.
-        `restartable`: Firestore sits behind a gate that a restart shuts first, so that, as with
-        Firestore itself, an outage loses no write a client was told of (`devstack/gate.py`)."""
-        emulators = (
-            FirestoreEmulator(log_dir / "firestore-emulator.log", gated=restartable),
-            PubSubEmulator(log_dir / "pubsub-emulator.log"),
-            StorageEmulator(log_dir / "storage-emulator.log", BUCKET),
-            AuthEmulator(log_dir / "auth-emulator.log", PROJECT),
+    def start(cls, log_dir: Path) -> Emulators:
+        """All four started; if one cannot start, the ones started before it are stopped again."""
+        return cls(
+            *_started(
+                FirestoreEmulator(log_dir / "firestore-emulator.log"),
+                PubSubEmulator(log_dir / "pubsub-emulator.log"),
+                StorageEmulator(log_dir / "storage-emulator.log", BUCKET),
+                AuthEmulator(log_dir / "auth-emulator.log", PROJECT),
+            )
         )
-        started: list[Any] = []
-        try:
-            for emulator in emulators:
-                started.append(emulator.start())
-        except BaseException:
-            for emulator in reversed(started):
-                emulator.stop()
-            raise
-        return cls(*emulators)
+
+    def with_own_queue_and_store(self, log_dir: Path) -> Emulators:
+        """These emulators, with a Firestore and a Pub/Sub of their own that outages may restart:
+        Firestore behind a gate that a restart shuts first, so that, as with Firestore itself, an
+        outage loses no write a client was told of (`devstack/gate.py`). `stop_own` stops them."""
+        firestore, pubsub = _started(
+            FirestoreEmulator(log_dir / "firestore-emulator.log", gated=True),
+            PubSubEmulator(log_dir / "pubsub-emulator.log"),
+        )
+        return Emulators(firestore, pubsub, self.storage, self.auth)
+
+    def stop_own(self) -> None:
+        """Stop what `with_own_queue_and_store` started."""
+        self.pubsub.stop()
+        self.firestore.stop()
 
     @classmethod
     def attach(cls, addresses: dict[str, int]) -> Emulators:
@@ -202,6 +197,19 @@ class Emulators:
     def stop(self) -> None:
         for emulator in (self.auth, self.storage, self.pubsub, self.firestore):
             emulator.stop()
+
+
+def _started(*emulators: Any) -> tuple[Any, ...]:
+    """`emulators`, each started; if one cannot start, the ones started before it are stopped."""
+    started: list[Any] = []
+    try:
+        for emulator in emulators:
+            started.append(emulator.start())
+    except BaseException:
+        for emulator in reversed(started):
+            emulator.stop()
+        raise
+    return emulators
 
 
 _emulators_key = pytest.StashKey[Emulators]()
@@ -394,19 +402,7 @@ class Stack:
     def log_lines(self, message: str, sketch_id: str | None = None) -> list[dict[str, Any]]:
         """The webhook function's log lines (both doors) whose message starts with `message` (about
         `sketch_id`), as it wrote them."""
-        lines = []
-        text = self.webhook.log_path.read_text(errors="replace") + self.steps.log_path.read_text(
-            errors="replace"
-        )
-        for raw in text.splitlines():
-            if raw.startswith("{"):
-                line = json.loads(raw)
-                if str(line.get("message")).startswith(message) and sketch_id in (
-                    None,
-                    line.get("sketch_id"),
-                ):
-                    lines.append(line)
-        return lines
+        return self.webhook.log_lines(message, sketch_id) + self.steps.log_lines(message, sketch_id)
 
     def wait_for_steps(self, sketch_id: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Wait until the webhook has finished `count` steps of the sketch (any outcome)."""
@@ -461,6 +457,14 @@ class Stack:
                 return sketch
             time.sleep(0.05)
         raise AssertionError(f"sketch {sketch_id} did not get there in {timeout} s; it is {sketch!r}")
+
+    def failed_after_its_still(self) -> Sketch:
+        """A sketch whose Kling task failed, its still kept in the bucket; Novita idle again."""
+        self.simulator.configure(fail_tasks={"kling": 1})
+        failed = self.wait_for_status(self.create_sketch()["id"], "failed", timeout=30)
+        assert failed.image_object and failed.video_task_id
+        assert self.simulator.wait_idle(10)
+        return failed
 
     def wait_for_status(self, sketch_id: str, status: str, timeout: float = 20.0) -> Sketch:
         return self.wait_for(sketch_id, lambda s: s.status.value == status, timeout)

@@ -1,40 +1,30 @@
 """`MockHttp`: what httpx's MockTransport is to httpx, for the standard-library HTTP the Google clients
-speak (`shared.core.http.Http`). A handler takes the request as an `httpx.Request` and answers an
-`httpx.Response`, so that tests script and inspect Google's traffic as they do Novita's; an httpx
-transport error it raises stands for the network's fault, and reaches the client as TransportError."""
+speak (`shared.core.http.KeptAlive`). The request is built as the real one is; instead of going out,
+it reaches a handler as an `httpx.Request`, whose `httpx.Response` comes back as the answer. An httpx
+transport error the handler raises stands for the network's fault, and reaches the client as
+TransportError."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import ssl
+from collections.abc import Callable
 from email.message import Message
-from typing import Any
 
 import httpx
 
-from shared.core.http import Response, Timeout, TransportError
+from shared.core.http import KeptAlive, Request, Response, Timeout, TransportError
 
 
-class MockHttp:
+class MockHttp(KeptAlive):
     def __init__(self, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        super().__init__(ssl.create_default_context(), Timeout(connect=5.0, read=5.0))
         self.handler = handler
-        self.timeouts: list[Timeout | None] = []
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        json: Any = None,
-        content: bytes | memoryview | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: Timeout | None = None,
-    ) -> Response:
-        self.timeouts.append(timeout)
-        body = None if content is None else bytes(content)
-        request = httpx.Request(method, url, params=params, json=json, content=body, headers=headers)
+    def send(self, request: Request) -> Response:
+        body = None if request.body is None else bytes(request.body)
+        sent = httpx.Request(request.method, request.url, content=body, headers=request.headers)
         try:
-            answer = self.handler(request)
+            answer = self.handler(sent)
             data = answer.read()
         except httpx.TransportError as exc:
             raise TransportError(repr(exc)) from exc

@@ -29,17 +29,6 @@ def delete(stack: Stack, sketch_id: str, **kwargs: Any) -> httpx.Response:
     return stack.http.delete(stack.create.url, params={"id": sketch_id}, **kwargs)
 
 
-def failed_after_its_still(stack: Stack, **kwargs: Any) -> Sketch:
-    """A sketch whose Kling task failed, its still kept in the bucket; Novita idle again."""
-    stack.simulator.configure(fail_tasks={"kling": 1})
-    response = stack.post_sketch({"prompt": "a walrus giving a TED talk about spoons"}, **kwargs)
-    assert response.status_code == 202, response.text
-    failed = stack.wait_for_status(response.json()["id"], "failed", timeout=30)
-    assert failed.image_object and failed.video_task_id
-    assert stack.simulator.wait_idle(10)
-    return failed
-
-
 def counted(stack: Stack) -> dict[str, int]:
     stats = stack.simulator.stats()
     return {
@@ -60,7 +49,7 @@ def objects_left(stack: Stack, sketch: Sketch) -> int:
 
 
 def test_a_failed_sketch_is_retried_from_its_kept_still_with_one_kling_task(stack: Stack) -> None:
-    failed = failed_after_its_still(stack)
+    failed = stack.failed_after_its_still()
     before = counted(stack)
 
     response = retry(stack, failed.id)
@@ -85,7 +74,7 @@ def test_a_failed_sketch_is_retried_from_its_kept_still_with_one_kling_task(stac
 
 
 def test_a_retry_that_meets_a_novita_5xx_waits_on_its_chain_and_completes_paying_once(stack: Stack) -> None:
-    failed = failed_after_its_still(stack)
+    failed = stack.failed_after_its_still()
     stack.simulator.configure(http_errors={"kling": [503]})
 
     response = retry(stack, failed.id)
@@ -119,7 +108,7 @@ def test_a_sketch_that_cannot_be_retried_is_refused_saying_why(stack: Stack) -> 
 
 
 def test_a_repeated_idempotency_key_answers_the_same_retry_and_pays_once(stack: Stack) -> None:
-    failed = failed_after_its_still(stack)
+    failed = stack.failed_after_its_still()
     headers = {"Idempotency-Key": "retry-once"}
 
     first = retry(stack, failed.id, headers=headers)
@@ -177,7 +166,7 @@ def test_the_preflight_allows_delete(stack: Stack) -> None:
 
 
 def test_another_users_sketch_cannot_be_read_retried_or_deleted(stack: Stack) -> None:
-    failed = failed_after_its_still(stack)  # the stack's own guest made it
+    failed = stack.failed_after_its_still()  # the stack's own guest made it
     other = stack.auth.sign_in_guest()
 
     for response in (
@@ -242,8 +231,8 @@ def records_of(stack: Stack, uid: str) -> dict[str, int]:
     return found
 
 
-def made(stack: Stack, guest: Guest, key: str | None = None) -> str:
-    headers = guest.headers if key is None else {**guest.headers, "Idempotency-Key": key}
+def made(stack: Stack, guest: Guest, key: str) -> str:
+    headers = {**guest.headers, "Idempotency-Key": key}
     response = stack.post_sketch({"prompt": "a walrus giving a TED talk about spoons"}, headers=headers)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])

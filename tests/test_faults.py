@@ -32,10 +32,10 @@ QUICK_RECOVERY = {
 
 
 @pytest.fixture(scope="module")
-def outage_stacks() -> Iterator[dict[str, Stack]]:
-    """A stack under each personality whose recovery runs on a short clock, on emulators of their
-    own: the outages stop and restart them, which no other test may see."""
-    emulators = Emulators.start(LOG_DIR / WORKER / "outage", restartable=True)
+def outage_stacks(emulators: Emulators) -> Iterator[dict[str, Stack]]:
+    """A stack under each personality whose recovery runs on a short clock, on a Firestore and a
+    Pub/Sub of their own: the outages stop and restart them, which no other test may see."""
+    emulators = emulators.with_own_queue_and_store(LOG_DIR / WORKER / "outage")
     stacks: dict[str, Stack] = {}
     try:
         for personality in ("guide", "reference"):
@@ -45,7 +45,7 @@ def outage_stacks() -> Iterator[dict[str, Stack]]:
     finally:  # a stack that failed to start leaves no process behind either
         for stack in stacks.values():
             stack.stop()
-        emulators.stop()
+        emulators.stop_own()
 
 
 @pytest.fixture(params=["guide", "reference"])

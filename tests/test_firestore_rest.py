@@ -17,7 +17,7 @@ import pytest
 from google.cloud import firestore
 
 from devstack.emulator import FirestoreEmulator
-from shared.core.http import KeptAlive, Response, TransportError, tls_context
+from shared.core.http import KeptAlive, Request, Response, TransportError, tls_context
 from shared.google.api import (
     TIMEOUT,
     AlreadyExists,
@@ -153,9 +153,9 @@ class LosesFirstAnswer(KeptAlive):
         super().__init__(tls_context(), TIMEOUT)
         self.sent = 0
 
-    def request(self, method: str, url: str, **request: Any) -> Response:
+    def send(self, request: Request) -> Response:
         self.sent += 1
-        response = super().request(method, url, **request)
+        response = super().send(request)
         if self.sent == 1:
             raise TransportError("connection reset")
         return response

@@ -35,7 +35,7 @@ from shared.google.api import (
     error_from,
 )
 from shared.google.pubsub import Message
-from shared.runtime import firestore_client, google_token, pubsub_client, storage_client
+from shared.runtime import firestore_client, pubsub_client, storage_client
 from tests.conftest import Scripted, firestore_error
 from tests.google_http import MockHttp
 
@@ -318,7 +318,7 @@ ENV = {
 def _ask_every_service(env: dict[str, str], google: Google) -> None:
     settings = settings_from(env)
     http = MockHttp(google)
-    token = google_token(settings, http, emulated=False)
+    token = MetadataToken(http, settings.metadata_host)
     assert firestore_client(settings, http, token).get("sketches", "s1") is None
     assert pubsub_client(settings, http, token).publish("steps", [Message(b"x")]) == ["m1"]
     assert storage_client(settings, http, token).get("media-bucket", "clip.mp4") == {"name": "clip.mp4"}

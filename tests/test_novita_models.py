@@ -181,6 +181,7 @@ def test_a_webhook_delivery_yields_only_a_hint_of_its_task() -> None:
         {"task_id": "t", "status": "S" * 65},
         {"task_id": "t", "status": ""},
         {"task_id": "t" * 129, "status": "s"},
+        {"task_id": "t\n", "status": "s"},
         {"task_id": 7, "status": "s"},
         {"task_id": "t", "status": "\ud800"},
         ["t", "s"],

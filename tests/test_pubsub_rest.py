@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from devstack.pubsub import PubSubEmulator
-from shared.core.http import KeptAlive, Response, tls_context
+from shared.core.http import KeptAlive, Request, Response, tls_context
 from shared.google.api import RETRY_WINDOW, TIMEOUT, GoogleApi, NotFound
 from shared.google.pubsub import MAX_BATCH, Message, PubSub
 from tests.conftest import Scripted, firestore_error
@@ -34,9 +34,9 @@ class Counting(KeptAlive):
         super().__init__(tls_context(), TIMEOUT)
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
 
-    def request(self, method: str, url: str, **request: Any) -> Response:
-        self.requests.append((method, urlsplit(url).path, request.get("json") or {}))
-        return super().request(method, url, **request)
+    def send(self, request: Request) -> Response:
+        self.requests.append((request.method, urlsplit(request.url).path, json.loads(request.body or b"{}")))
+        return super().send(request)
 
 
 @dataclass

@@ -92,11 +92,10 @@ class Run:
         exercise()
 
 
-@pytest.fixture(scope="module")
-def api(stack_factory: Callable[..., Stack]) -> Stack:
-    # AUTH_MODE=firebase with FIREBASE_AUTH_EMULATOR_HOST and FIREBASE_PROJECT_ID, and a guest
-    # signed in on the Auth emulator (tests.conftest.PROJECT): every stack runs as the app does.
-    stack = stack_factory("schemathesis")
+@pytest.fixture
+def api(stack: Stack) -> Stack:
+    # The default stack: AUTH_MODE=firebase with FIREBASE_AUTH_EMULATOR_HOST and FIREBASE_PROJECT_ID,
+    # and a guest signed in on the Auth emulator (tests.conftest.PROJECT), as the app runs.
     assert stack.env["AUTH_MODE"] == "firebase" and stack.guest is not None
     return stack
 
@@ -122,7 +121,7 @@ def test_every_answer_is_what_the_document_says(api: Stack) -> None:
     for method in ("GET", "POST", "DELETE"):
         run.explore(operations[method], GenerationMode.POSITIVE, EXAMPLES_ON_A_SKETCH, headers=nobody)
 
-    failed = failed_after_its_still(api)
+    failed = api.failed_after_its_still().id
     run.explore(operations["GET"], GenerationMode.POSITIVE, EXAMPLES_ON_A_SKETCH, query={"id": failed})
     retry = {"id": failed, "action": "retry"}
     run.explore(operations["POST"], GenerationMode.POSITIVE, EXAMPLES_ON_A_SKETCH, query=retry)
@@ -138,10 +137,3 @@ def test_every_answer_is_what_the_document_says(api: Stack) -> None:
     assert sorted(operations) == ["DELETE", "GET", "OPTIONS", "POST"]
     assert {202, 204, 401} <= set(run.statuses)  # a create or retry, a delete, a refused token
     assert not run.failures, "\n".join(run.reports[:5])
-
-
-def failed_after_its_still(stack: Stack) -> str:
-    stack.simulator.configure(fail_tasks={"kling": 1})
-    sketch = stack.create_sketch()
-    stack.wait_for_status(sketch["id"], "failed", timeout=30)
-    return str(sketch["id"])

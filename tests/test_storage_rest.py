@@ -17,7 +17,7 @@ import pytest
 
 from devstack.storage import StorageEmulator
 from shared.core.deadline import Deadline
-from shared.core.http import KeptAlive, Response, tls_context
+from shared.core.http import KeptAlive, Request, Response, tls_context
 from shared.google.api import TIMEOUT, GoogleApi, StaticToken, Unavailable
 from shared.google.storage import CHUNK_BYTES, PRODUCTION_URL, TOKEN_METADATA, ObjectExists, Storage
 from tests.conftest import Scripted, firestore_error
@@ -54,12 +54,12 @@ class Recording(KeptAlive):
         self._source = source
         self.puts: list[tuple[str, int, int]] = []
 
-    def request(self, method: str, url: str, **request: Any) -> Response:
-        if method == "PUT":
+    def send(self, request: Request) -> Response:
+        if request.method == "PUT":
             produced = self._source.produced if self._source else 0
-            sent = request.get("content") or b""
-            self.puts.append((request["headers"]["Content-Range"], len(sent), produced))
-        return super().request(method, url, **request)
+            sent = request.body or b""
+            self.puts.append((request.headers["Content-Range"], len(sent), produced))
+        return super().send(request)
 
 
 @pytest.fixture

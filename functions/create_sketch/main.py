@@ -21,7 +21,9 @@ from shared.core import logs
 from shared.edge.answers import (
     UnsupportedMediaType,
     error_response,
+    internal_error,
     json_response,
+    method_not_allowed,
     parse_json,
     require_json_content_type,
 )
@@ -68,7 +70,7 @@ def create_sketch(request: flask.Request) -> flask.Response:
         return preflight(request, settings.cors_allowed_origins, METHODS)
     cors = cors_headers(request, settings.cors_allowed_origins, METHODS)
     if request.method not in ("GET", "POST", "DELETE"):
-        return _error(405, "method_not_allowed", f"use {METHODS}", {"Allow": METHODS, **cors})
+        return method_not_allowed(METHODS, cors)
     if request.method == "GET" and "openapi" in request.args:
         # The API's description is public: no token is needed to read it.
         response = _openapi()
@@ -100,7 +102,7 @@ def create_sketch(request: flask.Request) -> flask.Response:
         response = _error(503, "store_unavailable", "the sketch store is unavailable; try again")
     except Exception:
         log.exception("unexpected error")
-        response = _error(500, "internal", "an unexpected error occurred; it has been logged")
+        response = internal_error()
     response.headers.update(cors)
     return response
 
@@ -148,11 +150,15 @@ def _sketch_id(request: flask.Request) -> str | flask.Response:
     return sketch_id
 
 
-def _own_sketch(sketch_id: str, user_id: str | None) -> Sketch | None:
-    """The sketch, if it is there and the caller's (anyone's with AUTH_MODE=none)."""
+def _own_sketch(request: flask.Request, user_id: str | None) -> Sketch | flask.Response:
+    """The sketch `?id=` names, if it is there and the caller's (anyone's with AUTH_MODE=none), or
+    the answer refusing the request."""
+    sketch_id = _sketch_id(request)
+    if isinstance(sketch_id, flask.Response):
+        return sketch_id
     sketch = get_runtime().store.get(sketch_id) if is_sketch_id(sketch_id) else None
     if sketch is None or (user_id is not None and sketch.user_id != user_id):
-        return None
+        return _not_found(sketch_id)
     return sketch
 
 
@@ -161,12 +167,9 @@ def _not_found(sketch_id: str) -> flask.Response:
 
 
 def _get(request: flask.Request, user_id: str | None) -> flask.Response:
-    sketch_id = _sketch_id(request)
-    if isinstance(sketch_id, flask.Response):
-        return sketch_id
-    sketch = _own_sketch(sketch_id, user_id)
-    if sketch is None:
-        return _not_found(sketch_id)
+    sketch = _own_sketch(request, user_id)
+    if isinstance(sketch, flask.Response):
+        return sketch
     return json_response(200, get_runtime().recovery.refresh(sketch).public())
 
 
@@ -272,12 +275,9 @@ def _delete(request: flask.Request, user_id: str | None) -> flask.Response:
     """`DELETE ?id=<id>`: the caller's sketch, its media then its document; 204."""
     from shared.pipeline.deletion import MediaNotRemoved
 
-    sketch_id = _sketch_id(request)
-    if isinstance(sketch_id, flask.Response):
-        return sketch_id
-    sketch = _own_sketch(sketch_id, user_id)
-    if sketch is None:
-        return _not_found(sketch_id)
+    sketch = _own_sketch(request, user_id)
+    if isinstance(sketch, flask.Response):
+        return sketch
     try:
         get_runtime().deletion.delete(sketch)
     except MediaNotRemoved as exc:

@@ -29,15 +29,18 @@ class Deadline:
         if time.monotonic() >= self.end:
             raise DeadlinePassed(f"{what}: out of time")
 
+    def cap(self, seconds: float) -> float:
+        """`seconds`, or what is left if that is less (at least a moment, so that a call made at the
+        very end fails as a timeout rather than as a configuration error)."""
+        return min(seconds, max(0.001, self.remaining()))
+
     def timeout(self, connect: float, read: float, write: float | None = None) -> httpx.Timeout:
-        """Per-phase timeouts, none longer than what is left (at least a moment, so that a call
-        made at the very end fails as a timeout rather than as a configuration error)."""
+        """httpx's per-phase timeouts, none longer than what is left."""
         import httpx  # only the clients of Novita and the media hosts take these; they load httpx
 
-        left = max(0.001, self.remaining())
         return httpx.Timeout(
-            connect=min(connect, left),
-            read=min(read, left),
-            write=min(read if write is None else write, left),
-            pool=min(connect, left),
+            connect=self.cap(connect),
+            read=self.cap(read),
+            write=self.cap(read if write is None else write),
+            pool=self.cap(connect),
         )

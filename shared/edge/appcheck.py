@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from shared.core.http import KeptAlive, Timeout, TransportError, tls_context
+from shared.core.http import Timeout, TransportError, get_json
 from shared.edge.callers import CLOCK_SKEW_SECONDS, max_age
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ class _Keys:
     def __init__(self, url: str) -> None:
         self._url = url
         self._lock = threading.Lock()
-        self._http: KeptAlive | None = None
         self._keys: dict[str, Any] = {}
         self._expires_at = float("-inf")
 
@@ -64,14 +63,10 @@ class _Keys:
         from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
 
         try:
-            if self._http is None:
-                self._http = KeptAlive(tls_context(), JWKS_TIMEOUT)
-            response = self._http.request("GET", self._url)
-            if not response.is_success:
-                raise ValueError(f"the keys' URL answered {response.status_code}")
+            jwks, headers = get_json(self._url, JWKS_TIMEOUT)
             keys = {
                 str(key["kid"]): RSAPublicNumbers(_integer(key["e"]), _integer(key["n"])).public_key()
-                for key in response.json()["keys"]
+                for key in jwks["keys"]
                 if key.get("kty") == "RSA"
             }
         except (TransportError, ValueError, LookupError, TypeError, binascii.Error) as exc:
@@ -81,7 +76,7 @@ class _Keys:
             self._expires_at = now + REFRESH_RETRY_SECONDS
             return
         self._keys = keys
-        self._expires_at = now + min(MAX_KEYS_AGE_SECONDS, max_age(response.headers.get("Cache-Control", "")))
+        self._expires_at = now + min(MAX_KEYS_AGE_SECONDS, max_age(headers.get("Cache-Control", "")))
 
 
 class AppCheck:

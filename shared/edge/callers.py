@@ -21,7 +21,7 @@ from typing import Any
 import flask
 
 from shared.core.config import Settings
-from shared.core.http import KeptAlive, Timeout, TransportError, tls_context
+from shared.core.http import Timeout, TransportError, get_json
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ class _CertCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._http: KeptAlive | None = None
         self._url = ""
         self._certs: dict[str, str] = {}
         self._expires_at = float("-inf")
@@ -64,12 +63,7 @@ class _CertCache:
             if url == self._url and now < self._expires_at:
                 return self._certs
             try:
-                if self._http is None:
-                    self._http = KeptAlive(tls_context(), CERTS_TIMEOUT)
-                response = self._http.request("GET", url)
-                if not response.is_success:
-                    raise ValueError(f"the keys' URL answered {response.status_code}")
-                certs = response.json()
+                certs, headers = get_json(url, CERTS_TIMEOUT)
                 if (
                     not isinstance(certs, dict)
                     or not certs
@@ -83,7 +77,7 @@ class _CertCache:
                 self._expires_at = now + REFRESH_RETRY_SECONDS
                 return self._certs
             self._url, self._certs = url, certs
-            self._expires_at = now + max_age(response.headers.get("Cache-Control", ""))
+            self._expires_at = now + max_age(headers.get("Cache-Control", ""))
             return certs
 
 

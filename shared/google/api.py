@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from shared.core import timings
 from shared.core.backoff import backoff_delay
-from shared.core.http import Http, Response, Timeout, TransportError
+from shared.core.http import KeptAlive, Response, Timeout, TransportError
 
 # Each attempt may take 2 s and attempts start within 2.5 s: a service that does not answer makes a
 # webhook delivery answer 503 in about 4.5 s, inside Novita's 5 s timeout.
@@ -129,7 +129,7 @@ class MetadataToken:
     # After a failed fetch, calls fail at once for this long instead of queueing for the server.
     FAILURE_MEMORY_SECONDS = 1.0
 
-    def __init__(self, http: Http, metadata_host: str) -> None:
+    def __init__(self, http: KeptAlive, metadata_host: str) -> None:
         self._http = http
         self._url = f"http://{metadata_host}/computeMetadata/v1/instance/service-accounts/default/token"
         self._lock = threading.Lock()
@@ -183,7 +183,7 @@ class GoogleApi:
 
     def __init__(
         self,
-        http: Http,
+        http: KeptAlive,
         *,
         token: TokenSource = EMULATOR_TOKEN,
         retry_window: float = RETRY_WINDOW,

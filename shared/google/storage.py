@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from shared.core.deadline import Deadline
-from shared.core.http import Http, Timeout, TransportError
+from shared.core.http import KeptAlive, Timeout, TransportError
 from shared.google.api import ApiError, GoogleApi, NotFound, PreconditionFailed, Unavailable, error_from
 
 PRODUCTION_URL = "https://storage.googleapis.com"
@@ -49,7 +49,7 @@ class StoredObject:
 
 
 class Storage:
-    def __init__(self, api: GoogleApi, http: Http, *, base_url: str = PRODUCTION_URL) -> None:
+    def __init__(self, api: GoogleApi, http: KeptAlive, *, base_url: str = PRODUCTION_URL) -> None:
         # `api` retries its calls; the chunk PUTs go through `http` directly, as a retried chunk
         # must restart from what the session says it has.
         self._api = api

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from shared.core.text import utf8
+from shared.core.text import encodable
 from shared.novita.webhook import MAX_TASK_ID, TASK_ID_PATTERN
 
 SUCCEED = "TASK_STATUS_SUCCEED"
@@ -57,12 +57,7 @@ def _cut(limit: int) -> Callable[[Any], str | None]:
     def cut(value: Any) -> str | None:
         if not isinstance(value, str):
             return None
-        value = value[:limit]
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("must be valid Unicode text (it has a lone surrogate)") from None
-        return value
+        return encodable(value[:limit])
 
     return cut
 
@@ -73,9 +68,10 @@ def _expires_at(received: datetime, ttl_seconds: int | None) -> datetime | None:
 
 Ttl = Annotated[int | None, BeforeValidator(_ttl)]
 Number = Annotated[float | None, BeforeValidator(lambda v: _number(v, 1e9))]
-Url = Annotated[str, Field(min_length=1, max_length=MAX_URL), utf8]
+_UTF8 = AfterValidator(encodable)
+Url = Annotated[str, Field(min_length=1, max_length=MAX_URL), _UTF8]
 TaskId = Annotated[str, Field(min_length=1, max_length=MAX_TASK_ID, pattern=TASK_ID_PATTERN)]
-ShortText = Annotated[str, Field(min_length=1, max_length=64), utf8]
+ShortText = Annotated[str, Field(min_length=1, max_length=64), _UTF8]
 
 
 class _Lenient(BaseModel):

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from shared.core.text import encodable
+
 ASYNC_TASK_RESULT = "ASYNC_TASK_RESULT"
 MAX_TASK_ID = 128
 # Novita's task ids are UUIDs; anything printable without spaces is kept, within a bound.
@@ -22,7 +24,8 @@ _TASK_ID = re.compile(TASK_ID_PATTERN)
 
 
 def is_task_id(value: str) -> bool:
-    return 1 <= len(value) <= MAX_TASK_ID and _TASK_ID.match(value) is not None
+    # fullmatch: `$` would also match before a final line feed.
+    return 1 <= len(value) <= MAX_TASK_ID and _TASK_ID.fullmatch(value) is not None
 
 
 def _text(value: object, what: str, longest: int, shortest: int = 1) -> str:
@@ -30,11 +33,7 @@ def _text(value: object, what: str, longest: int, shortest: int = 1) -> str:
     ValueError."""
     if not isinstance(value, str) or not shortest <= len(value) <= longest:
         raise ValueError(f"{what} must be text of {shortest} to {longest} characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} must be valid Unicode text (it has a lone surrogate)") from None
-    return value
+    return encodable(value)
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,15 @@ from datetime import timedelta
 from shared.core.deadline import Deadline
 from shared.media.fetch import fetch_media
 from shared.media.still import Still, inspect_still
-from shared.novita.client import NovitaError, NovitaRejected, NovitaUnavailable
+from shared.novita.errors import NovitaError, NovitaRejected, NovitaUnavailable
 from shared.pipeline import lease as leases
 from shared.pipeline import paid
 from shared.pipeline.lease import Lease
-from shared.pipeline.links import from_novita, removed_if_gone, still_name, upload
+from shared.pipeline.links import from_novita, removed_if_gone, upload
 from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, Outcome, progress_at
 from shared.pipeline.work import RetryLater, Tools, record_paid
 from shared.sketch.model import Sketch, Status, StepKind, utcnow
+from shared.sketch.objects import still_name
 from shared.sketch.store import Changes
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,11 @@ from datetime import datetime
 from shared.core.deadline import Deadline
 from shared.media.fetch import stream_media
 from shared.pipeline import lease as leases
-from shared.pipeline.links import from_novita, removed_if_gone, upload, video_name
+from shared.pipeline.links import from_novita, removed_if_gone, upload
 from shared.pipeline.results import NO_LEASE, Outcome
 from shared.pipeline.work import Tools
 from shared.sketch.model import Sketch, Status, utcnow
+from shared.sketch.objects import video_name
 from shared.sketch.store import Changes
 
 log = logging.getLogger(__name__)

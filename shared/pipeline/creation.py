@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -39,7 +38,15 @@ from shared.sketch.request import CreateSketchRequest
 from shared.sketch.store import Changes, SketchStore, StoreUnavailable
 from shared.spending.breaker import BalanceBreaker, Probe
 from shared.spending.daily import Count, DailyCaps, DailyLimitReached
-from shared.spending.idempotency import Answer, Claim, IdempotencyKeys, KeyInUse, Seen, SketchGone
+from shared.spending.idempotency import (
+    Answer,
+    Claim,
+    IdempotencyKeys,
+    KeyInUse,
+    Seen,
+    Started,
+    replay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +64,11 @@ class StartFailed(Exception):
         self.cause = cause
 
 
-@dataclass(frozen=True)
-class Created:
-    sketch: Sketch
-    answer: Answer
-    replayed: bool = False
+def take_slot(store: SketchStore, user_id: str, sketch_id: str, limit: int) -> Callable[[], None]:
+    """One of the user's `limit` places for a sketch in progress, or TooManySketches; its release."""
+    if not store.claim_slot(user_id, sketch_id, limit):
+        raise TooManySketches(f"at most {limit} sketches may be in progress at once")
+    return lambda: store.release_slot(user_id, sketch_id, limit)
 
 
 def answer_for(failure: StartFailed) -> Answer:
@@ -98,7 +105,7 @@ class Creator:
 
     def create(
         self, request: CreateSketchRequest, body: dict[str, Any], caller: Caller, key: str | None
-    ) -> Created:
+    ) -> Started:
         """Make the sketch `request` asks for (or, for a key seen before, find the one it made).
 
         Raises BalanceExhausted, DailyLimitReached, TooManySketches, KeyInUse or KeyReused without
@@ -121,13 +128,13 @@ class Creator:
         key: str | None,
         task_form: bool,
         probe: Probe | None,
-    ) -> Created:
+    ) -> Started:
         now = utcnow()
         claim: Claim | None = None
         if key is not None:
             looked = self._keys.look(self._keys.claim(caller.user_id or "*", key, body), now)
             if isinstance(looked, Seen):
-                return self._replay(looked)
+                return replay(self._store, looked)
             claim = looked
         counts = self._caps.counts(caller.user_id, caller.guest, now)
         owner = new_owner() if task_form else None
@@ -147,10 +154,8 @@ class Creator:
         undo: list[Callable[[], None]] = []
         try:
             if caller.user_id is not None:
-                user_id, limit = caller.user_id, self._settings.max_sketches_in_progress
-                if not self._store.claim_slot(user_id, sketch.id, limit):
-                    raise TooManySketches(f"at most {limit} sketches may be in progress at once")
-                undo.append(lambda: self._store.release_slot(user_id, sketch.id, limit))
+                limit = self._settings.max_sketches_in_progress
+                undo.append(take_slot(self._store, caller.user_id, sketch.id, limit))
             also = [self._keys.write(claim, sketch.id, now) for claim in [claim] if claim is not None]
             sketch, sums = self._store.create(sketch, also=[*also, *(count.write() for count in counts)])
             self._judge(sketch, counts, sums, claim)
@@ -162,7 +167,7 @@ class Creator:
             looked = self._keys.look(claim, utcnow())
             if not isinstance(looked, Seen):
                 raise KeyInUse from None  # its record went between the refusal and the look
-            return self._replay(looked)
+            return replay(self._store, looked)
         except Exception:
             for give_back in reversed(undo):
                 give_back()
@@ -176,7 +181,7 @@ class Creator:
             raise
         if claim is not None:
             self._keys.answered(claim, Answer(202))
-        return Created(sketch, Answer(202))
+        return Started(sketch, Answer(202))
 
     def _judge(
         self, sketch: Sketch, counts: list[Count], sums: list[int] | None, claim: Claim | None
@@ -196,16 +201,6 @@ class Creator:
                 # It was never sent: recovery fails it once its lease has run out.
                 log.warning("a sketch past the daily cap could not be removed: %s", exc)
             raise
-
-    def _replay(self, seen: Seen) -> Created:
-        """The answer a repeated key gets: its first answer, with its sketch as it is now."""
-        sketch = self._store.get(seen.sketch_id)
-        if sketch is None:
-            # The record was committed with its sketch, so a record without one outlived a deletion.
-            raise SketchGone
-        logs.bind_sketch(seen.sketch_id)
-        log.info("a repeated Idempotency-Key answered with its sketch")
-        return Created(sketch, seen.answer, replayed=True)
 
     # ------------------------------------------------------------------------------ the still
 

@@ -21,9 +21,9 @@ from shared.core.config import Settings
 from shared.google.api import ApiError
 from shared.google.firestore import Delete, Firestore
 from shared.google.storage import Storage
-from shared.pipeline.links import object_names
 from shared.sketch import gallery
 from shared.sketch.model import Sketch
+from shared.sketch.objects import object_names
 from shared.sketch.store import SketchStore
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from shared.core.deadline import Deadline
 from shared.google.api import ApiError
 from shared.google.storage import TOKEN_METADATA, ObjectExists
 from shared.media.policy import MediaExpired, MediaRejected, MediaUnavailable
-from shared.novita.client import NovitaError
+from shared.novita.errors import NovitaError
 from shared.pipeline.lease import Lease
 from shared.pipeline.results import fail_changes
 from shared.pipeline.work import RetryLater, Tools
@@ -28,25 +28,6 @@ from shared.sketch.store import Changes
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
-
-# What a still may be stored as (`shared/media/still.py` takes JPEG and PNG).
-STILL_EXTENSIONS = ("jpg", "png")
-
-
-def still_name(sketch_id: str, extension: str) -> str:
-    return f"sketches/{sketch_id}/still.{extension}"
-
-
-def video_name(sketch_id: str) -> str:
-    return f"sketches/{sketch_id}/video.mp4"
-
-
-def object_names(sketch: Sketch) -> list[str]:
-    """Every name the sketch's media may be stored under: the ones it records, and the ones a step
-    may have stored without recording them yet (its write came after the upload)."""
-    names = [still_name(sketch.id, extension) for extension in STILL_EXTENSIONS]
-    names += [video_name(sketch.id), sketch.image_object, sketch.video_object]
-    return list(dict.fromkeys(name for name in names if name is not None))
 
 
 def removed_if_gone(tools: Tools, sketch_id: str, name: str) -> bool:

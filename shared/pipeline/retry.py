@@ -43,15 +43,15 @@ from shared.edge.callers import Caller
 from shared.google.api import AlreadyExists, ApiError, PreconditionFailed, Unavailable
 from shared.google.firestore import Delete, Document, Firestore, Write
 from shared.pipeline import chain
-from shared.pipeline.creation import TooManySketches
-from shared.pipeline.links import video_name
+from shared.pipeline.creation import take_slot
 from shared.pipeline.queue import QueueUnavailable, Step
 from shared.pipeline.results import NO_LEASE, OUTCOME_KNOWN, fail_changes, progress_at
 from shared.pipeline.work import TRANSIENT, WAITS, Tools
 from shared.sketch.model import RetryRefusal, Sketch, Status, StepKind, retry_refusal, utcnow
+from shared.sketch.objects import video_name
 from shared.sketch.store import MUTATE_ATTEMPTS, Changes, StoreUnavailable
 from shared.spending.daily import Count, DailyCaps, DailyLimitReached
-from shared.spending.idempotency import Answer, Claim, IdempotencyKeys, Seen, SketchGone
+from shared.spending.idempotency import Answer, Claim, IdempotencyKeys, Seen, Started, replay
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +67,11 @@ class NotRetryable(Exception):
 
 
 @dataclass(frozen=True)
-class Retried:
-    sketch: Sketch
-    answer: Answer
-    replayed: bool = False
-
-
-@dataclass(frozen=True)
 class _Restarted:
-    """The sketch as the retry's commit left it, that commit's update time, and the sums its counts
-    came to (None when an attempt whose answer was lost committed it)."""
+    """The sketch as the retry's commit left it (its version that commit's update time), and the sums
+    its counts came to (None when an attempt whose answer was lost committed it)."""
 
     sketch: Sketch
-    version: str
     sums: list[int] | None
 
 
@@ -91,7 +83,7 @@ class Retrier:
         self._keys = keys
         self._collection = tools.settings.sketches_collection
 
-    def retry(self, sketch_id: str, caller: Caller, key: str | None) -> Retried:
+    def retry(self, sketch_id: str, caller: Caller, key: str | None) -> Started:
         """Start the caller's failed sketch again from its kept still (or, for a key seen before,
         answer as the first request was answered).
 
@@ -107,12 +99,12 @@ class Retrier:
             body = {"action": "retry", "id": sketch_id}
             looked = self._keys.look(self._keys.claim(caller.user_id or "*", key, body), now)
             if isinstance(looked, Seen):
-                return self._replay(looked)
+                return replay(self._tools.store, looked)
             claim = looked
         logs.bind_sketch(sketch_id)
         restarted = self._restart(sketch_id, caller, claim, now)
         if isinstance(restarted, Seen):
-            return self._replay(restarted)
+            return replay(self._tools.store, restarted)
         self._forget_old_video(sketch_id)
         try:
             chain.run(self._tools, restarted.sketch, Deadline.after(CREATE_START))
@@ -128,7 +120,7 @@ class Retrier:
             answer = Answer(502, "novita_rejected", message)
         if claim is not None:
             self._keys.answered(claim, answer)
-        return Retried(sketch, answer)
+        return Started(sketch, answer)
 
     def _restart(
         self, sketch_id: str, caller: Caller, claim: Claim | None, now: datetime
@@ -142,11 +134,13 @@ class Retrier:
         try:
             for attempt in range(MUTATE_ATTEMPTS):
                 document = self._read(sketch_id)
-                sketch = None if document is None else Sketch.from_document(document.data)
-                if document is None or sketch is None or not _owns(caller, sketch):
+                if document is None:
+                    raise SketchNotFound
+                sketch = Sketch.from_document(document.data, document.update_time)
+                if not _owns(caller, sketch):
                     raise SketchNotFound
                 if sketch.retried_at == now:  # our own commit, its answer lost on the way
-                    return self._judged(_Restarted(sketch, document.update_time, None), counts, claim, None)
+                    return self._judged(_Restarted(sketch, None), counts, claim, None)
                 if attempt and claim is not None:
                     # The commit was refused: maybe because another request took the key first.
                     looked = self._keys.look(claim, utcnow())
@@ -157,7 +151,8 @@ class Retrier:
                 if refusal is not None:
                     raise NotRetryable(*refusal)
                 if release_slot is None and caller.user_id is not None:
-                    release_slot = self._take_slot(caller.user_id, sketch_id)
+                    limit = self._tools.settings.max_sketches_in_progress
+                    release_slot = take_slot(self._tools.store, caller.user_id, sketch_id, limit)
                 changes = self._changes(sketch, now)
                 also: list[Write] = [count.write() for count in counts]
                 if claim is not None:
@@ -172,7 +167,7 @@ class Retrier:
                     extra={"previous_error": sketch.error_message, "previous_task_id": sketch.video_task_id},
                 )
                 sums = [int(result[1][0]) for result in results[1 : 1 + len(counts)]]
-                restarted = _Restarted(sketch.replace(**changes), results[0][0], sums)
+                restarted = _Restarted(sketch.replace(**changes, version=results[0][0]), sums)
                 return self._judged(restarted, counts, claim, sketch)
             raise StoreUnavailable(f"sketch {sketch_id} kept changing under {MUTATE_ATTEMPTS} attempts")
         except Exception:
@@ -198,7 +193,12 @@ class Retrier:
             else:  # what it was is not known here: failed, saying why it stays so
                 back = fail_changes(f"not retried: {exc}")
             undo: list[Write | Delete] = [
-                Write(self._collection, restarted.sketch.id, {**back, "updated_at": now}, restarted.version),
+                Write(
+                    self._collection,
+                    restarted.sketch.id,
+                    {**back, "updated_at": now},
+                    restarted.sketch.version,
+                ),
                 *(count.write(-1) for count in counts),
             ]
             if claim is not None:
@@ -243,13 +243,6 @@ class Retrier:
             }
         return changes
 
-    def _take_slot(self, user_id: str, sketch_id: str) -> Callable[[], None]:
-        """One of the user's places for a sketch in progress (as a create takes one); its release."""
-        limit = self._tools.settings.max_sketches_in_progress
-        if not self._tools.store.claim_slot(user_id, sketch_id, limit):
-            raise TooManySketches(f"at most {limit} sketches may be in progress at once")
-        return lambda: self._tools.store.release_slot(user_id, sketch_id, limit)
-
     def _forget_old_video(self, sketch_id: str) -> None:
         """Remove a video copy of the failed attempt that was stored but never recorded (its copy
         was cut short): the new copy would take it for its own."""
@@ -267,15 +260,6 @@ class Retrier:
         except QueueUnavailable as exc:
             # The sketch says what it waits on: recovery hands the step on once it is due.
             log.warning("the chain step was not handed on yet: %s", exc)
-
-    def _replay(self, seen: Seen) -> Retried:
-        """The answer a repeated key gets: its first answer, with its sketch as it is now."""
-        sketch = self._tools.store.get(seen.sketch_id)
-        if sketch is None:
-            raise SketchGone
-        logs.bind_sketch(seen.sketch_id)
-        log.info("a repeated Idempotency-Key answered with its sketch")
-        return Retried(sketch, seen.answer, replayed=True)
 
     def _read(self, sketch_id: str) -> Document | None:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from functools import cached_property
 
 from shared.core import logs
 from shared.core.deadline import Deadline
@@ -47,14 +46,15 @@ def _slow(kind: StepKind) -> Callable[[Tools, Sketch, Deadline], Outcome]:
 
 
 class Worker:
-    """Runs steps. Its tools (Novita's client, the media client, the bucket) are built the first time a
-    step needs them: a step that finds its sketch moved on needs only the store."""
+    """Runs steps. Its tools (Novita's client, the media client, the bucket) come from `tools`, which
+    builds them the first time a step needs them: a step that finds its sketch moved on needs only the
+    store."""
 
     def __init__(self, store: SketchStore, tools: Callable[[], Tools]) -> None:
         self._store = store
         self._tools = tools
 
-    @cached_property
+    @property
     def tools(self) -> Tools:
         return self._tools()
 

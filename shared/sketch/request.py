@@ -10,9 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from shared.core.text import utf8
-
-DEFAULT_VIDEO_PROMPT = "gentle cinematic camera movement, the scene comes to life"
+from shared.core.text import encodable
+from shared.sketch.model import DEFAULT_VIDEO_PROMPT
 
 # Novita's limits, refused here before anything is paid (`../shared/novita-api-notes.md`):
 # text-to-image prompts stop at 1024 characters, Kling's at 2500; Seedream 3.0 needs an area of at
@@ -50,7 +49,7 @@ def _text(limit: int, description: str, pattern: str = TEXT_PATTERN) -> Any:
     return Annotated[
         str,
         Field(strict=True, max_length=limit, description=description, json_schema_extra={"pattern": pattern}),
-        utf8,
+        AfterValidator(encodable),
         AfterValidator(_plain_text),
     ]
 

@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.core import logs
 from shared.core.timings import CREATE_LEASE
 from shared.google.api import PreconditionFailed, Unavailable
 from shared.google.firestore import Delete, Document, Firestore, Write
-from shared.sketch.store import StoreUnavailable
+from shared.sketch.model import Sketch
+from shared.sketch.store import SketchStore, StoreUnavailable
 
 KEEP = timedelta(hours=25)
 # How long a first request may be still at work (its create's lease); after that a repeat is
 # answered with the sketch it made, whatever became of that request.
 IN_FLIGHT = timedelta(seconds=CREATE_LEASE)
 MAX_KEY_LENGTH = 255
+
+log = logging.getLogger(__name__)
 
 
 class KeyReused(Exception):
@@ -73,6 +78,27 @@ class Seen:
 
     sketch_id: str
     answer: Answer
+
+
+@dataclass(frozen=True)
+class Started:
+    """A create or a retry: its sketch, the answer its first request got, and whether this request
+    repeated a key seen before."""
+
+    sketch: Sketch
+    answer: Answer
+    replayed: bool = False
+
+
+def replay(store: SketchStore, seen: Seen) -> Started:
+    """The answer a repeated key gets: its first answer, with its sketch as it is now."""
+    sketch = store.get(seen.sketch_id)
+    if sketch is None:
+        # The record was committed with its sketch, so a record without one outlived a deletion.
+        raise SketchGone
+    logs.bind_sketch(seen.sketch_id)
+    log.info("a repeated Idempotency-Key answered with its sketch")
+    return Started(sketch, seen.answer, replayed=True)
 
 
 def valid_key(value: str) -> bool:

@@ -19,6 +19,8 @@ BASE = {
     "GOOGLE_CLOUD_PROJECT": "p",
 }
 ROOT = Path(__file__).resolve().parents[2]
+# Who sets a variable where the project is deployed, as the operations guide names them.
+ROLES = ("secret", "deploy", "tuning", "local")
 
 
 def test_every_catalogued_variable_is_read_and_its_default_is_what_the_functions_use() -> None:
@@ -30,7 +32,7 @@ def test_every_catalogued_variable_is_read_and_its_default_is_what_the_functions
     for name in sorted(set(VARIABLES) - silent - set(BASE)):
         problems = check({name: refusable[name]})
         assert problems and name in problems[0], name
-    assert {v.role for v in CATALOGUE} == {"secret", "deploy", "tuning", "local"}
+    assert {v.role for v in CATALOGUE} == set(ROLES)
 
 
 def test_an_env_file_gets_one_line_per_problem_before_anything_is_deployed() -> None:
@@ -151,18 +153,11 @@ def test_function_without_its_variables_stops_at_start_with_one_clear_line(funct
     assert "Traceback" not in proc.stderr
 
 
-ROLES = ("secret", "deploy", "tuning", "local")
-
-
 def test_the_operations_guide_lists_every_variable_with_its_role_and_default() -> None:
     rows = {}
     for line in (ROOT / "docs" / "operations.md").read_text().splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if (
-            len(cells) == 4
-            and cells[0].startswith("`")
-            and cells[1] in ("secret", "deploy", "tuning", "local")
-        ):
+        if len(cells) == 4 and cells[0].startswith("`") and cells[1] in ROLES:
             rows[cells[0].strip("`")] = (cells[1], cells[2])
     assert set(rows) == set(VARIABLES)
     for variable in CATALOGUE:

@@ -16,7 +16,7 @@ from shared.pipeline.results import Outcome
 from shared.pipeline.retry import NotRetryable, Retrier, SketchNotFound
 from shared.sketch.model import Sketch, Status, StepKind
 from shared.spending.breaker import BalanceExhausted
-from shared.spending.daily import DailyCaps, DailyLimitReached
+from shared.spending.daily import DailyLimitReached
 from shared.spending.idempotency import IdempotencyKeys, KeyInUse, KeyReused
 from tests.unit.world import World, ago, jpeg, result, video_result
 
@@ -24,9 +24,9 @@ KEPT_URL = "http://media.test/kept/still.jpg"
 OWNER = Caller("uid-owner")
 
 
-def retrier(world: World, caps: DailyCaps | None = None) -> Retrier:
+def retrier(world: World) -> Retrier:
     keys = IdempotencyKeys(world.db, world.settings.sketches_collection)
-    return Retrier(world.db, world.tools, caps or world.caps, keys)
+    return Retrier(world.db, world.tools, world.caps, keys)
 
 
 def failed_after_the_still(world: World, **fields: Any) -> Sketch:
